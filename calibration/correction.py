@@ -1,0 +1,93 @@
+"""Colour correction from the card's patches to CIELAB (D50).
+
+Input colours are already relative to the local card white (see `illumination`). Two steps:
+a per-channel tone curve fitted on the neutral patches (cameras apply S-curves and gammas that are
+not sRGB), then a second-order root-polynomial matrix (Finlayson et al. 2015) to XYZ D50, which
+stays exposure-invariant while bending where a 3x3 cannot. Its quality is judged on patches held
+out of the fit (leave-one-out), because a fit always looks good on its own training patches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibration.colour import WHITE_D50, delta_e_2000, lab_to_xyz, xyz_to_lab
+from calibration.errors import ReadError
+
+MAX_RESIDUAL_DE00 = 4.0    # held-out mean CIEDE2000 above which no pad reading is trusted
+_RIDGE = 1e-3
+_FLOOR = 1e-3
+
+
+def _tone_design(rel: np.ndarray) -> np.ndarray:
+    u = np.log(np.clip(rel, _FLOOR, None))
+    return np.stack([u, u * u], axis=-1)
+
+
+def _root_poly(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (np.clip(rgb[..., i], 0, None) for i in range(3))
+    return np.stack([r, g, b, np.sqrt(r * g), np.sqrt(g * b), np.sqrt(r * b)], axis=-1)
+
+
+@dataclass(frozen=True)
+class ColourCorrection:
+    tone: np.ndarray        # (3, 2): log Y = a u + b u^2 per channel, u = log(relative value)
+    matrix: np.ndarray      # (6, 3): root-polynomial terms -> XYZ D50
+    residual_de00: float    # mean CIEDE2000 of leave-one-out predictions of the card patches
+    worst_de00: float
+
+    def linearise(self, rel: np.ndarray) -> np.ndarray:
+        return np.exp(np.einsum("...ck,ck->...c", _tone_design(rel), self.tone))
+
+    def to_xyz(self, rel: np.ndarray) -> np.ndarray:
+        return _root_poly(self.linearise(rel)) @ self.matrix
+
+    def to_lab(self, rel: np.ndarray) -> np.ndarray:
+        return xyz_to_lab(np.clip(self.to_xyz(rel), 0, None))
+
+
+def _fit(rel: np.ndarray, xyz: np.ndarray, neutral: np.ndarray, white: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Tone curves from the neutrals, then the matrix, weighted so each patch counts by its relative
+    (not absolute) error, as the eye does. With `white`, the card white (1 by construction of the
+    relative colours) anchors both."""
+    tone = np.empty((3, 2))
+    y = np.log(np.clip(xyz[neutral, 1], _FLOOR, None))
+    for c in range(3):
+        design = _tone_design(rel[neutral, c])
+        if not white:   # unknown white level: a free offset in log space
+            design = np.column_stack([design, np.ones(len(design))])
+        a, b = np.linalg.lstsq(design, y, rcond=None)[0][:2]
+        # keep the curve monotone over the usable range u in [-5, 0]: slope a + 2 b u > 0
+        if a + 2 * b * -5.0 <= 0.2 or a <= 0.2:
+            a, b = float(np.dot(design[:, 0], y) / np.dot(design[:, 0], design[:, 0])), 0.0
+        tone[c] = a, b
+    lin = np.exp(np.einsum("nck,ck->nc", _tone_design(rel), tone))
+    terms, target = _root_poly(lin), xyz
+    if white:
+        terms, target = np.vstack([terms, _root_poly(np.ones(3))]), np.vstack([xyz, WHITE_D50])
+    weight = 1.0 / np.sqrt(np.clip(target[:, 1], 0.02, None))
+    if white:
+        weight[-1] *= 3.0
+    a = terms * weight[:, None]
+    matrix = np.linalg.solve(a.T @ a + _RIDGE * np.eye(terms.shape[1]), a.T @ (target * weight[:, None]))
+    return tone, matrix
+
+
+def fit_correction(rel: np.ndarray, reference_lab: np.ndarray, neutral: np.ndarray,
+                   white: bool = True) -> ColourCorrection:
+    """Fit on all patches; report the leave-one-out residual; raise `calibration_failed` if it is
+    too high for pad colours to be trusted."""
+    xyz = lab_to_xyz(reference_lab)
+    held_out = np.empty_like(reference_lab)
+    for i in range(len(rel)):
+        keep = np.arange(len(rel)) != i
+        tone, matrix = _fit(rel[keep], xyz[keep], neutral[keep], white)
+        held_out[i] = ColourCorrection(tone, matrix, 0.0, 0.0).to_lab(rel[i:i + 1])[0]
+    errors = delta_e_2000(held_out, reference_lab)
+    tone, matrix = _fit(rel, xyz, neutral, white)
+    correction = ColourCorrection(tone, matrix, float(errors.mean()), float(errors.max()))
+    if not np.isfinite(correction.residual_de00) or correction.residual_de00 > MAX_RESIDUAL_DE00:
+        raise ReadError("calibration_failed", "The card's colours could not be matched (the card may be "
+                                              "faded, dirty or lit unevenly): check the card and read again.")
+    return correction

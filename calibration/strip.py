@@ -1,0 +1,131 @@
+"""Where the strip lies, which way round, and whether it is the expected product.
+
+The colour profile along the slot's centre line (colour-corrected, CIELAB) is compared with what
+each hypothesis predicts at every 0.5 mm: the expected product the right way round, the same turned
+end for end, lying pads-down, every other known product, and an empty slot. A pad position predicts
+"a colour on this pad's chart", bare strip predicts the strip's base colour, beyond the strip the
+card's white. The best-fitting hypothesis decides; the right way round must win clearly, so a
+reversed or foreign strip is refused rather than misread.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from calibration.colour import delta_e_2000, hex_to_lab_d50
+from calibration.errors import ReadError
+from calibration.specs import Card, Product, builtin_products, load_product
+
+STEP_MM = 0.5
+MARGIN_MM = 4.0                     # profile runs this far beyond both ends of the slot
+ACROSS_MM = np.linspace(-1.5, 1.5, 7)
+ALONG_SUB_MM = np.array([-0.15, 0.0, 0.15])
+EDGE_MM = 0.8                       # bins this close to a boundary are ignored (placement jitter)
+SHIFTS = np.arange(-2, 3)           # +-1 mm in bins
+COST_CAP = 25.0                     # one odd pad must not outweigh the whole profile
+MIN_MARGIN = 1.0                    # mean CIEDE2000 by which the right way round must win
+MAX_MATCH_COST = 9.0                # above: the strip does not look like the product at all
+CHART_STEPS = 8                     # interpolated colours per chart segment
+
+WHITE, BASE, EDGE = 0, 1, -1
+
+
+@dataclass(frozen=True)
+class StripMatch:
+    shift_mm: float             # measured offset of the strip along the slot
+    cost: float                 # mean CIEDE2000 of the profile against the product
+    reversed_cost: float
+
+
+def profile_points(card: Card) -> tuple[np.ndarray, np.ndarray]:
+    """Positions along the slot (bins,) and the card points (bins, samples, 2) sampled per bin."""
+    along = np.arange(-MARGIN_MM, card.slot_length_mm + MARGIN_MM + 1e-9, STEP_MM)
+    s = along[:, None, None] + ALONG_SUB_MM[None, :, None]
+    t = np.broadcast_to(ACROSS_MM[None, None, :], s.shape[:2] + (len(ACROSS_MM),))
+    s = np.broadcast_to(s, t.shape)
+    return along, card.slot_to_card(s, t).reshape(len(along), -1, 2)
+
+
+def chart_polyline(levels_lab: np.ndarray) -> np.ndarray:
+    """Chart colours with straight-line steps between neighbours, (points, 3)."""
+    f = np.linspace(0, 1, CHART_STEPS, endpoint=False)[None, :, None]
+    segs = levels_lab[:-1, None, :] * (1 - f) + levels_lab[1:, None, :] * f
+    return np.vstack([segs.reshape(-1, 3), levels_lab[-1:]])
+
+
+def _labels(product: Product, along: np.ndarray, reverse: bool, pad_index: dict) -> np.ndarray:
+    """What each bin of the profile should show for the product lying from the handle mark."""
+    length = product.strip_length_mm
+    labels = np.full(len(along), WHITE)
+    labels[(along > EDGE_MM) & (along < length - EDGE_MM)] = BASE
+    labels[np.abs(along - length) <= EDGE_MM] = EDGE
+    labels[np.abs(along) <= EDGE_MM] = EDGE
+    for pad in product.pads:
+        center = length - pad.center_mm if reverse else pad.center_mm
+        half = pad.size_mm / 2
+        labels[np.abs(along - center) <= half + EDGE_MM] = EDGE
+        labels[np.abs(along - center) <= half - EDGE_MM] = pad_index[(product.id, pad.analyte)]
+    return labels
+
+
+@lru_cache(maxsize=8)
+def _other_products(expected_id: str) -> tuple[Product, ...]:
+    return tuple(load_product(pid) for pid in builtin_products() if pid != expected_id)
+
+
+def match_strip(card: Card, product: Product, along: np.ndarray, profile_lab: np.ndarray) -> StripMatch:
+    """Decide from the slot profile (bins, 3) that the expected strip lies the right way round, or
+    raise `strip_not_found`, `strip_reversed` or `wrong_strip`."""
+    products = (product,) + _other_products(product.id)
+    references = [hex_to_lab_d50(card.background_srgb)[None], hex_to_lab_d50(product.strip_base_srgb)[None]]
+    pad_index = {}
+    for p in products:
+        for pad in p.pads:
+            pad_index[(p.id, pad.analyte)] = len(references)
+            references.append(chart_polyline(pad.level_lab))
+    # distance of every bin to every reference: (bins, refs), capped
+    dist = np.stack([delta_e_2000(profile_lab[:, None, :], ref[None]).min(axis=1) for ref in references], axis=1)
+    dist = np.minimum(dist, COST_CAP)
+
+    def cost(labels: np.ndarray) -> tuple[float, int]:
+        best = (np.inf, 0)
+        for shift in SHIFTS:
+            shifted = np.roll(labels, shift)
+            if shift > 0:
+                shifted[:shift] = WHITE
+            elif shift < 0:
+                shifted[shift:] = WHITE
+            used = shifted != EDGE
+            value = float(dist[np.nonzero(used)[0], shifted[used]].mean())
+            best = min(best, (value, int(shift)))
+        return best
+
+    forward, shift = cost(_labels(product, along, False, pad_index))
+    backward, _ = cost(_labels(product, along, True, pad_index))
+    empty, _ = cost(np.where(np.abs(along) <= EDGE_MM, EDGE, WHITE))
+    plain = np.where((along > EDGE_MM) & (along < product.strip_length_mm - EDGE_MM), BASE, WHITE)
+    plain[(np.abs(along) <= EDGE_MM) | (np.abs(along - product.strip_length_mm) <= EDGE_MM)] = EDGE
+    pads_down, _ = cost(plain)
+    others = [(min(cost(_labels(p, along, rev, pad_index))[0] for rev in (False, True)), p) for p in products[1:]]
+    other_cost, other = min(others, key=lambda x: x[0]) if others else (np.inf, None)
+
+    best = min(forward, backward, empty, pads_down, other_cost)
+    if best == empty:
+        raise ReadError("strip_not_found", "No strip was found in the slot: lay the dipped strip in the slot, "
+                                           "pads up, with its handle end on the handle mark.")
+    if best == pads_down:
+        raise ReadError("strip_reversed", "The strip's pads are facing down: turn the strip pads up, with its "
+                                          "handle end on the handle mark, and read again.")
+    if best == other_cost and other_cost + MIN_MARGIN < forward:
+        raise ReadError("wrong_strip", f"This looks like a different strip ({other.name}), not the "
+                                       f"{product.name} this reading is set for: use the right strip or "
+                                       "choose its product.")
+    if backward < forward + MIN_MARGIN:   # reversed, or too close to call: never guess
+        raise ReadError("strip_reversed", "The strip is the wrong way round: put its handle end (the end "
+                                          "without pads) on the handle mark and read again.")
+    if forward > MAX_MATCH_COST:
+        raise ReadError("wrong_strip", f"The strip does not match the {product.name}: use the right strip "
+                                       "or choose its product.")
+    return StripMatch(shift * STEP_MM, forward, backward)

@@ -1,0 +1,122 @@
+"""`stripread` command line. Exit codes: 0 ok, 1 the reading was refused (an error code of the
+result schema), 2 bad usage or an unusable card/product file, 3 an internal error."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _reader(args):
+    from calibration.specs import load_card, load_product
+    from device.read import Reader
+    from models.pads import NearestChartColour
+    return Reader(load_card(args.card), load_product(args.product), NearestChartColour())
+
+
+def format_table(result: dict) -> str:
+    """A short table a nurse can read at a glance."""
+    if result["status"] != "ok":
+        return f"Not read ({result['error']['code']}): {result['error']['message']}"
+    rows = [("Analyte", "Level", "Value", "Unit", "Flags")]
+    for a in result["analytes"]:
+        value = "" if a.get("value") is None else f"{a['value']:.4g}"
+        rows.append((a["analyte"], a["level"] or "-", value, a.get("unit") or "", ", ".join(a["flags"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    qc = result["qc"]
+    lines.append(f"\nproduct {result['product']}, card {qc['card_id']}, colour check "
+                 f"{qc['color_residual_de00']:.2f} dE00")
+    return "\n".join(lines)
+
+
+def cmd_read(args) -> int:
+    path = Path(args.photo)
+    try:
+        data = path.read_bytes()
+        captured = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except OSError as exc:
+        data, captured = b"", None
+        print(f"stripread: cannot open {path}: {exc.strerror}", file=sys.stderr)
+    result = _reader(args).read(data, captured_at=captured)
+    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    return EXIT_OK if result["status"] == "ok" else EXIT_REFUSED
+
+
+def cmd_card_print(args) -> int:
+    from calibration.card_art import write_card
+    from calibration.specs import load_card
+    for path in write_card(load_card(args.card), Path(args.out), args.dpi):
+        print(path)
+    return EXIT_OK
+
+
+def cmd_simulate(args) -> int:
+    import numpy as np
+    from calibration.specs import load_card, load_product
+    from simulator.scene import encode, random_scene, render
+    rng = np.random.default_rng(args.seed)
+    spec = random_scene(rng, product=load_product(args.product), card=load_card(args.card), fault=args.fault)
+    image, truth = render(spec, rng)
+    Path(args.out).write_bytes(encode(image, quality=args.quality))
+    expected = {a: t.level for a, t in truth.pads.items()}
+    print(json.dumps({"photo": args.out, "expected_error": truth.expected_error, "expected_levels": expected}))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stripread", description="Quantitative urine test-strip reader.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def spec_options(p):
+        p.add_argument("--product", default="generic-10", help="product id or product file (default generic-10)")
+        p.add_argument("--card", default="card-v1", help="card id or card file (default card-v1)")
+
+    read = sub.add_parser("read", help="read one photo of a strip on the reference card")
+    read.add_argument("photo")
+    read.add_argument("--json", action="store_true", help="print the stripread.read/1 result object")
+    spec_options(read)
+    read.set_defaults(func=cmd_read)
+
+    card = sub.add_parser("card", help="the reference card")
+    card_sub = card.add_subparsers(dest="card_command", required=True)
+    card_print = card_sub.add_parser("print", help="write the printable card (PNG at --dpi and SVG at true size)")
+    card_print.add_argument("--card", default="card-v1")
+    card_print.add_argument("--out", default=".", help="output folder")
+    card_print.add_argument("--dpi", type=int, default=600)
+    card_print.set_defaults(func=cmd_card_print)
+
+    sim = sub.add_parser("simulate", help="render a synthetic photo of a strip on the card (for trying the reader)")
+    sim.add_argument("--out", required=True)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--fault", default=None, help="no_card, no_strip, reversed, pads_down, wrong_strip, glare, "
+                                                   "too_dark, overexposed, blurred, out_of_gamut")
+    sim.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    spec_options(sim)
+    sim.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from calibration.specs import SpecError
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"stripread: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # an unexpected failure is reported, never a half-printed result
+        if getattr(args, "json", False):
+            print(json.dumps({"schema": "stripread.read/1", "status": "error",
+                              "error": {"code": "internal", "message": "The reader failed unexpectedly; "
+                                        "please report it and read again."}}))
+        print(f"stripread: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""One photo in, one `stripread.read/1` result out: decode -> find the card -> check the image ->
+flatten the light -> correct colour -> find the strip -> read the pads.
+
+Everything the result depends on is recorded in its provenance. Failures are `ReadError`s with a
+code from the schema; nothing else is expected to escape (the CLI reports it as `internal`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import cv2
+import numpy as np
+
+from calibration import detect, illumination, sampling
+from calibration.colour import hex_to_lab_d50
+from calibration.correction import fit_correction
+from calibration.errors import ReadError
+from calibration.specs import Card, Product
+from calibration.strip import match_strip, profile_points
+from models.pads import PadModel, StripObservation
+
+SCHEMA = "stripread.read/1"
+WORK_LONG_SIDE = 2100        # decode larger JPEGs at 1/2 or 1/4 scale: pads stay >= 14 px wide
+PATCH_INNER = 0.6            # fraction of a patch or pad side that is sampled (edges bleed)
+TOO_DARK = 45 / 255          # card white darker than this: too little light to measure colour
+OVEREXPOSED_PATCHES = 0.15   # fraction of chromatic patches clipped; or two neutrals
+PAD_GLARE_REFUSE = 0.4       # a pad with more highlight than this cannot be read
+PAD_GLARE_FLAG = 0.05
+PATCH_GLARE_DROP = 0.3
+
+
+def software_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("stripread")
+    except Exception:   # running from a source tree without installation
+        return "0+source"
+
+
+def device_id() -> str:
+    """Stable id of this reader: configured, else derived from the machine id (never a name)."""
+    configured = os.environ.get("STRIPREAD_DEVICE_ID")
+    if configured:
+        return configured
+    try:
+        with open("/etc/machine-id", encoding="ascii") as fh:
+            seed = fh.read().strip()
+    except OSError:
+        seed = platform.node()
+    return "sr-" + hashlib.sha256(seed.encode()).hexdigest()[:12]
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG SOF or PNG IHDR header, without decoding."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    i = 2
+    while data[:2] == b"\xff\xd8" and i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def decode(data: bytes) -> tuple[np.ndarray, float]:
+    """BGR image and the decode scale (1, 1/2, 1/4). Refuses truncated files, which OpenCV would
+    otherwise decode with a grey bottom."""
+    size = _image_size(data)
+    complete = (data[:2] == b"\xff\xd8" and data.rstrip(b"\x00").endswith(b"\xff\xd9")) or \
+               (data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" in data[-16:])
+    if size is None or not complete:
+        raise ReadError("image_unreadable", "The photo could not be read (not a complete JPEG or PNG): "
+                                            "take the photo again.")
+    long_side = max(size)
+    scale, flag = 1.0, cv2.IMREAD_COLOR
+    if data[:2] == b"\xff\xd8" and long_side >= 2 * WORK_LONG_SIDE:
+        scale, flag = 0.25, cv2.IMREAD_REDUCED_COLOR_4
+    elif data[:2] == b"\xff\xd8" and long_side >= WORK_LONG_SIDE - 100:
+        scale, flag = 0.5, cv2.IMREAD_REDUCED_COLOR_2
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None or image.ndim != 3:
+        raise ReadError("image_unreadable", "The photo could not be read: take the photo again.")
+    return image, scale
+
+
+def _check_exposure(gray: np.ndarray) -> None:
+    """Whole-frame checks that come first, because a black or white frame also hides the card."""
+    small = gray[::8, ::8]
+    if np.percentile(small, 99) < 255 * TOO_DARK:
+        raise ReadError("too_dark", "The photo is too dark: close the lid so the reader's light is on the "
+                                    "strip, then read again.")
+    if np.mean(small >= 250) > 0.5:
+        raise ReadError("overexposed", "The photo is too bright: close the lid and keep direct light off "
+                                       "the reader, then read again.")
+
+
+@dataclass
+class Reader:
+    """The read path configured with a card, a product and a pad model; reusable across photos."""
+    card: Card
+    product: Product
+    model: PadModel
+    calibration_id: str = "factory"
+
+    def __post_init__(self):
+        self._neutral = np.array([p.role == "neutral" for p in self.card.patches])
+        self._patch_centers = np.array([p.center_mm for p in self.card.patches])
+        self._white_points = illumination.white_points(self.card)
+        self._along, self._profile_points = profile_points(self.card)
+        self._base_lab = hex_to_lab_d50(self.product.strip_base_srgb)
+
+    def read(self, data: bytes, captured_at: datetime | None = None) -> dict:
+        """The result object for one photo; errors become `status: error` results."""
+        provenance = self._provenance(data, captured_at)
+        try:
+            body = self._read(data)
+        except ReadError as err:
+            return {"schema": SCHEMA, "status": "error", "error": {"code": err.code, "message": err.message},
+                    "product": self.product.id, "provenance": provenance}
+        return {"schema": SCHEMA, "status": "ok", "product": self.product.id, **body, "provenance": provenance}
+
+    def _read(self, data: bytes) -> dict:
+        image, scale = decode(data)
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        _check_exposure(gray)
+        pose = detect.find_card(gray, self.card)
+        sharpness = detect.marker_sharpness(gray, self.card, pose)
+        if sharpness < detect.MIN_SHARPNESS:
+            raise ReadError("blurred", "The photo is blurred: keep the reader still and the card flat, "
+                                       "then read again.")
+        rgb = image[..., ::-1]
+        ppm = pose.px_per_mm
+        white_grid = sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)
+        patch_grid = sampling.square_grid(self._patch_centers, PATCH_INNER * self.card.patches[0].size_mm / 2, ppm)
+        white = sampling.robust_colours(sampling.sample(rgb, pose, white_grid))
+        if np.median(white.rgb.mean(axis=1)) < TOO_DARK:
+            raise ReadError("too_dark", "The photo is too dark: close the lid so the reader's light is on "
+                                        "the strip, then read again.")
+        field = illumination.fit_illumination(self.card, white.rgb, white.clipped)
+        patches = sampling.robust_colours(sampling.sample(rgb, pose, patch_grid))
+        if np.mean(patches.clipped[~self._neutral] > 0.5) > OVEREXPOSED_PATCHES or \
+                np.sum(patches.clipped[self._neutral] > 0.5) > 1:
+            raise ReadError("overexposed", "The photo is too bright: the card's light colours are washed out. "
+                                           "Close the lid and keep direct light off the reader, then read again.")
+        usable = patches.specular <= PATCH_GLARE_DROP
+        if usable.sum() < 16 or (usable & self._neutral).sum() < 3:
+            raise ReadError("glare", "Light is reflecting off the card: close the lid and read again.")
+        patch_rel = field.relative(patches.rgb, self._patch_centers)
+        correction = fit_correction(patch_rel[usable], self.card.patch_lab[usable], self._neutral[usable],
+                                    white=not field.white_clipped)
+
+        profile = sampling.robust_colours(sampling.sample(rgb, pose, self._profile_points))
+        profile_xy = self.card.slot_to_card(self._along)
+        profile_lab = correction.to_lab(field.relative(profile.rgb, profile_xy))
+        match = match_strip(self.card, self.product, self._along, profile_lab)
+
+        pad_xy = self.card.slot_to_card(np.array([p.center_mm for p in self.product.pads]) + match.shift_mm)
+        pad_half = PATCH_INNER * min(p.size_mm for p in self.product.pads) / 2
+        pads = sampling.robust_colours(sampling.sample(rgb, pose, sampling.square_grid(pad_xy, pad_half, ppm)))
+        if np.any(pads.specular > PAD_GLARE_REFUSE):
+            raise ReadError("glare", "Light is reflecting off the strip's pads: close the lid and keep the "
+                                     "strip flat, then read again within its read time.")
+        pad_lab = correction.to_lab(field.relative(pads.rgb, pad_xy))
+        readings = self.model.read(StripObservation(self.product, pad_lab, self._base_lab,
+                                                    correction.residual_de00))
+        analytes = []
+        for pad, reading, glare in zip(self.product.pads, readings, pads.specular):
+            if glare > PAD_GLARE_FLAG:
+                reading.flags.append("glare")
+            analytes.append({"analyte": pad.analyte, "loinc": pad.loinc, "level": reading.level,
+                             "value": reading.value, "unit": pad.unit, "confidence": reading.confidence,
+                             "flags": reading.flags, "chart_distance_de00": reading.chart_distance_de00})
+        qc = {"card_id": self.card.id,
+              "color_residual_de00": round(correction.residual_de00, 3),
+              "color_residual_max_de00": round(correction.worst_de00, 3),
+              "glare_fraction": round(float(pads.specular.mean()), 4),
+              "sharpness": round(sharpness, 3),
+              "illumination_rms": round(field.rms_residual, 4),
+              "markers_found": pose.markers_found,
+              "reprojection_mm": round(pose.reprojection_mm, 3),
+              "px_per_mm": round(ppm / scale, 2),
+              "strip_shift_mm": match.shift_mm,
+              "strip_match_de00": round(match.cost, 2),
+              "strip_reversed_match_de00": round(match.reversed_cost, 2)}
+        return {"analytes": analytes, "qc": qc}
+
+    def _provenance(self, data: bytes, captured_at: datetime | None) -> dict:
+        now = datetime.now(timezone.utc)
+        return {"software": "stripread", "software_version": software_version(),
+                "model": self.model.name, "model_version": self.model.version,
+                "product": self.product.id, "card": self.card.id, "calibration_id": self.calibration_id,
+                "device_id": device_id(),
+                "captured_at": (captured_at or now).astimezone(timezone.utc).isoformat(timespec="seconds"),
+                "read_at": now.isoformat(timespec="seconds"),
+                "image_sha256": hashlib.sha256(data).hexdigest()}

@@ -1,0 +1,25 @@
+"""stripread: a quantitative urine test-strip reader for Raspberry Pi-class devices."""
+from setuptools import setup
+
+setup(
+    name="stripread",
+    version="0.1.0",
+    description="Camera-based quantitative urine test-strip reader (card colour calibration, ONNX pad models)",
+    python_requires=">=3.9",
+    packages=["device", "calibration", "models", "firmware_bridge", "simulator"],
+    package_data={
+        "calibration": ["data/cards/*.json", "data/products/*.json"],
+        "models": ["data/*.json"],
+        "device": ["data/*.json"],
+    },
+    install_requires=[
+        "numpy>=1.24",
+        "opencv-python-headless>=4.8",
+    ],
+    extras_require={
+        # picamera2 needs libcamera: on Raspberry Pi OS install apt's python3-picamera2 instead
+        "pi": ["picamera2"],
+        "test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["stripread = device.cli:main"]},
+)
