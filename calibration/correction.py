@@ -4,7 +4,8 @@ Input colours are already relative to the local card white (see `illumination`).
 a per-channel tone curve fitted on the neutral patches (cameras apply S-curves and gammas that are
 not sRGB), then a second-order root-polynomial matrix (Finlayson et al. 2015) to XYZ D50, which
 stays exposure-invariant while bending where a 3x3 cannot. Its quality is judged on patches held
-out of the fit (leave-one-out), because a fit always looks good on its own training patches.
+out of the fit (k-fold cross-validation: every patch is predicted once by a fit that never saw it),
+because a fit always looks good on its own training patches.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from calibration.colour import WHITE_D50, delta_e_2000, lab_to_xyz, xyz_to_lab
 from calibration.errors import ReadError
 
 MAX_RESIDUAL_DE00 = 4.0    # held-out mean CIEDE2000 above which no pad reading is trusted
+FOLDS = 6
 _RIDGE = 1e-3
 _FLOOR = 1e-3
 
@@ -34,7 +36,7 @@ def _root_poly(rgb: np.ndarray) -> np.ndarray:
 class ColourCorrection:
     tone: np.ndarray        # (3, 2): log Y = a u + b u^2 per channel, u = log(relative value)
     matrix: np.ndarray      # (6, 3): root-polynomial terms -> XYZ D50
-    residual_de00: float    # mean CIEDE2000 of leave-one-out predictions of the card patches
+    residual_de00: float    # mean CIEDE2000 of held-out predictions of the card patches
     worst_de00: float
 
     def linearise(self, rel: np.ndarray) -> np.ndarray:
@@ -76,14 +78,16 @@ def _fit(rel: np.ndarray, xyz: np.ndarray, neutral: np.ndarray, white: bool) -> 
 
 def fit_correction(rel: np.ndarray, reference_lab: np.ndarray, neutral: np.ndarray,
                    white: bool = True) -> ColourCorrection:
-    """Fit on all patches; report the leave-one-out residual; raise `calibration_failed` if it is
-    too high for pad colours to be trusted."""
+    """Fit on all patches; report the cross-validated residual; raise `calibration_failed` if it is
+    too high for pad colours to be trusted. Folds interleave the card order, so each fold holds out
+    at most one or two neutrals and patches from both rows."""
     xyz = lab_to_xyz(reference_lab)
     held_out = np.empty_like(reference_lab)
-    for i in range(len(rel)):
-        keep = np.arange(len(rel)) != i
-        tone, matrix = _fit(rel[keep], xyz[keep], neutral[keep], white)
-        held_out[i] = ColourCorrection(tone, matrix, 0.0, 0.0).to_lab(rel[i:i + 1])[0]
+    fold = np.arange(len(rel)) % FOLDS
+    for k in range(FOLDS):
+        out = fold == k
+        tone, matrix = _fit(rel[~out], xyz[~out], neutral[~out], white)
+        held_out[out] = ColourCorrection(tone, matrix, 0.0, 0.0).to_lab(rel[out])
     errors = delta_e_2000(held_out, reference_lab)
     tone, matrix = _fit(rel, xyz, neutral, white)
     correction = ColourCorrection(tone, matrix, float(errors.mean()), float(errors.max()))

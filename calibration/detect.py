@@ -18,7 +18,9 @@ from calibration.specs import Card
 MIN_MARKERS = 3            # three markers (12 corners) still fix a homography well
 MAX_REPROJECTION_MM = 0.6  # corners further off than this: card bent or a false marker
 MIN_SHARPNESS = 0.8        # 1/mm: edge slope / contrast; below it the blur spreads over > ~0.5 mm
-_EDGE_SAMPLES = 41         # samples across each marker edge, spanning +-2 mm
+EDGE_HALF_WIDTH_MM = 2.0   # edge profiles span +-2 mm
+_EDGE_SAMPLES = 41
+OUTLINE_WORK_PX = 480      # the card outline is found on a frame this size (it is large and plain)
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,13 @@ class CardPose:
 @lru_cache(maxsize=4)
 def _detector(dictionary_name: str) -> cv2.aruco.ArucoDetector:
     params = cv2.aruco.DetectorParameters()
-    # One coarse and one fine threshold window cover markers of 30-150 px at a third of the cost
-    # of the default sweep; sub-pixel corners make the homography accurate to ~0.1 mm.
+    # The reader decodes frames at ~1000-1500 px, where the card's markers are 35-100 px wide: two
+    # threshold windows cover them at a third of the default sweep's cost, and contours too small to
+    # be a marker are dropped early. Sub-pixel corners make the homography accurate to ~0.05 mm.
     params.adaptiveThreshWinSizeMin = 15
     params.adaptiveThreshWinSizeMax = 45
     params.adaptiveThreshWinSizeStep = 30
-    params.minMarkerPerimeterRate = 0.04
+    params.minMarkerPerimeterRate = 0.08
     params.cornerRefinementMethod = cv2.aruco.CORNER_REFINE_SUBPIX
     return cv2.aruco.ArucoDetector(cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, dictionary_name)), params)
 
@@ -63,7 +66,8 @@ def find_card(gray: np.ndarray, card: Card) -> CardPose:
     found = {} if ids is None else {int(i): c.reshape(4, 2) for i, c in zip(ids.ravel(), corners)}
     matched = [(k, found[mid]) for k, mid in enumerate(card.marker_ids) if mid in found]
     if len(matched) < MIN_MARKERS:
-        if frame_blur_suspected(gray):
+        outline = outline_sharpness(gray, card)
+        if outline is not None and outline < MIN_SHARPNESS:
             raise ReadError("blurred", "The photo is blurred: keep the reader still and make sure the "
                                        "card lies flat in the tray, then read again.")
         raise ReadError("card_not_found", "The reference card was not found: place the card flat in the "
@@ -90,41 +94,62 @@ def _scale_at(homography: np.ndarray, point_mm: np.ndarray) -> float:
     return float(np.sqrt(np.linalg.norm(q[1] - q[0]) * np.linalg.norm(q[2] - q[0])))
 
 
-def marker_sharpness(gray: np.ndarray, card: Card, pose: CardPose) -> float:
-    """Steepest edge slope divided by edge contrast (1/mm), measured across the outer edges of the
-    markers. A step blurred by a Gaussian of sigma mm gives 1 / (sigma * sqrt(2 pi)), so the figure
-    is independent of resolution, exposure and print contrast."""
-    offsets = np.linspace(-2.0, 2.0, _EDGE_SAMPLES)
-    profiles = []
-    for k in range(len(card.marker_ids)):
-        (cx, cy), h = card.marker_centers_mm[k], card.marker_size_mm / 2
-        # midpoints of the four outer edges, each with its outward normal
-        for (ex, ey), (nx, ny) in (((cx, cy - h), (0, -1)), ((cx + h, cy), (1, 0)),
-                                   ((cx, cy + h), (0, 1)), ((cx - h, cy), (-1, 0))):
-            along = np.linspace(-0.25 * h, 0.25 * h, 5)
-            tx, ty = -ny, nx
-            pts = np.stack([ex + offsets[None, :] * nx + along[:, None] * tx,
-                            ey + offsets[None, :] * ny + along[:, None] * ty], axis=-1)
-            profiles.append(pts)
-    px = pose.to_image(np.array(profiles)).astype(np.float32)   # (edges, 5, samples, 2)
-    flat = px.reshape(-1, _EDGE_SAMPLES, 2)
+def _edge_sharpness(gray: np.ndarray, px: np.ndarray, step_mm: float) -> float:
+    """Steepest slope over contrast (1/mm) of intensity profiles across edges. `px` holds (edges,
+    lines, samples, 2) pixel positions: for each edge a few parallel lines crossing it, sampled
+    `step_mm` apart. A step blurred by a Gaussian of sigma mm gives 1 / (sigma * sqrt(2 pi)),
+    whatever the resolution, exposure or print contrast."""
+    flat = px.reshape(-1, px.shape[2], 2).astype(np.float32)
     values = cv2.remap(gray, flat[..., 0], flat[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    values = values.reshape(px.shape[:3]).astype(np.float64).mean(axis=1)  # average along each edge
-    contrast = values[:, -5:].mean(axis=1) - values[:, :5].mean(axis=1)   # white outside, black inside
-    slope = np.max(np.diff(values, axis=1), axis=1) / (offsets[1] - offsets[0])
+    values = values.reshape(px.shape[:3]).astype(np.float64).mean(axis=1)   # average along each edge
+    contrast = np.abs(values[:, -5:].mean(axis=1) - values[:, :5].mean(axis=1))
+    slope = np.max(np.abs(np.diff(values, axis=1)), axis=1) / step_mm
     valid = contrast > 20
-    if not np.any(valid):
-        return 0.0
-    return float(np.median(slope[valid] / contrast[valid]))
+    return float(np.median(slope[valid] / contrast[valid])) if np.any(valid) else 0.0
 
 
-def frame_blur_suspected(gray: np.ndarray) -> bool:
-    """Without a card to measure, judge blur from the whole frame: a sharp photo of a printed card
-    has strong fine-scale edges; a defocused one has almost none at any place."""
-    small = cv2.resize(gray, (gray.shape[1] // 2, gray.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    lap = np.abs(cv2.Laplacian(small, cv2.CV_16S, ksize=3))
-    grad = np.abs(cv2.Sobel(small, cv2.CV_16S, 1, 0)) + np.abs(cv2.Sobel(small, cv2.CV_16S, 0, 1))
-    strong_lap = float(np.percentile(lap, 99.9))
-    strong_grad = float(np.percentile(grad, 99.9))
-    # edges are present (gradient) but none is crisp (laplacian small relative to gradient)
-    return strong_grad > 40 and strong_lap < 0.12 * strong_grad
+def _edge_lines(midpoints: np.ndarray, normals: np.ndarray, half_length: float, half_width: float,
+                samples: int) -> np.ndarray:
+    """(edges, 5, samples, 2) points on five lines crossing each edge at right angles."""
+    offsets = np.linspace(-half_width, half_width, samples)
+    along = np.linspace(-half_length, half_length, 5)
+    tangents = np.stack([-normals[:, 1], normals[:, 0]], axis=-1)
+    return (midpoints[:, None, None, :] + offsets[None, None, :, None] * normals[:, None, None, :]
+            + along[None, :, None, None] * tangents[:, None, None, :])
+
+
+def marker_sharpness(gray: np.ndarray, card: Card, pose: CardPose) -> float:
+    """Edge sharpness (1/mm) across the outer edges of the card's markers."""
+    mids, normals = [], []
+    for (cx, cy) in card.marker_centers_mm:
+        h = card.marker_size_mm / 2
+        for nx, ny in ((0, -1), (1, 0), (0, 1), (-1, 0)):
+            mids.append((cx + nx * h, cy + ny * h))
+            normals.append((nx, ny))
+    lines_mm = _edge_lines(np.array(mids, float), np.array(normals, float), card.marker_size_mm / 8,
+                           EDGE_HALF_WIDTH_MM, _EDGE_SAMPLES)
+    return _edge_sharpness(gray, pose.to_image(lines_mm), 2 * EDGE_HALF_WIDTH_MM / (_EDGE_SAMPLES - 1))
+
+
+def outline_sharpness(gray: np.ndarray, card: Card) -> float | None:
+    """Edge sharpness (1/mm) of the card's outline against the tray, when no marker could be decoded:
+    the card is then found as the largest bright shape with its aspect ratio. None without one."""
+    scale = OUTLINE_WORK_PX / max(gray.shape)
+    small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    _, mask = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    rect = cv2.minAreaRect(max(contours, key=cv2.contourArea))
+    long_side, short_side = max(rect[1]), min(rect[1])
+    aspect = card.size_mm[0] / card.size_mm[1]
+    if long_side * short_side < 0.03 * small.size or not 0.7 * aspect < long_side / max(short_side, 1) < 1.3 * aspect:
+        return None
+    px_per_mm = long_side / scale / card.size_mm[0]
+    corners = cv2.boxPoints(rect) / scale
+    centre = corners.mean(axis=0)
+    mids = (corners + np.roll(corners, -1, axis=0)) / 2
+    normals = (mids - centre) / np.linalg.norm(mids - centre, axis=1, keepdims=True)
+    half = EDGE_HALF_WIDTH_MM * px_per_mm
+    lines = _edge_lines(mids, normals, 4 * px_per_mm, half, _EDGE_SAMPLES)
+    return _edge_sharpness(gray, lines, 2 * EDGE_HALF_WIDTH_MM / (_EDGE_SAMPLES - 1))

@@ -18,7 +18,12 @@ GRID_MM = 3.5
 CLEARANCE_MM = 1.2
 SAMPLE_HALF_MM = 0.8
 MIN_UNCLIPPED = 0.3        # fraction of white samples below saturation needed to map the light
-MAX_SHADOW = 0.10          # rms log-residual of the white after the fit: above it, a shadow or smudge
+GLARE_LOG = 0.07           # white brighter than the fitted light by more than ~7 %: a highlight
+SHADOW_LOG = 0.10          # white darker than the fitted light by more than ~10 %: a shadow or mark
+GLARE_RADIUS_MM = 6.0      # a highlight seen on the white this close to a pad is on the pad too
+MAX_SHADOW_FRACTION = 0.08
+MAX_RMS = 0.05             # rms log-residual of the kept white: the light is not smooth
+MIN_KEPT = 0.5
 
 
 @lru_cache(maxsize=8)
@@ -50,6 +55,7 @@ class IlluminationField:
     card: Card
     rms_residual: float
     white_clipped: bool        # the white saturated: the field is flat and its level unknown
+    glare_points: np.ndarray   # (G, 2) mm: white samples brighter than paper can be, i.e. highlights
 
     def white_at(self, points_mm: np.ndarray) -> np.ndarray:
         return np.exp(_design(points_mm, self.card) @ self.coefficients)
@@ -58,26 +64,45 @@ class IlluminationField:
         """Non-linear camera RGB at card points -> linear RGB relative to the local card white."""
         return srgb_to_linear(rgb) / self.white_at(points_mm)
 
+    def glare_near(self, points_mm: np.ndarray, radius_mm: float = GLARE_RADIUS_MM) -> np.ndarray:
+        """True for points with a highlight on the card's white within `radius_mm`."""
+        points = np.asarray(points_mm, float).reshape(-1, 2)
+        if not len(self.glare_points):
+            return np.zeros(len(points), bool)
+        d = np.linalg.norm(points[:, None, :] - self.glare_points[None, :, :], axis=-1)
+        return (d <= radius_mm).any(axis=1)
+
+    @property
+    def glare_fraction(self) -> float:
+        return len(self.glare_points) / len(white_points(self.card))
+
 
 def fit_illumination(card: Card, white_rgb: np.ndarray, white_clipped: np.ndarray) -> IlluminationField:
-    """Fit log(white) as a cubic-in-x, quadratic-in-y surface per channel, dropping outliers
-    (dust, a stray mark) once. Raises `calibration_failed` on a shadow the surface cannot follow.
+    """Fit log(white) as a cubic-in-x, quadratic-in-y surface per channel, robustly: a plane first,
+    then the full surface, each time dropping samples far off it. Paper cannot be brighter than the
+    light falling on it, so samples well above the surface are highlights (glare), kept as a map;
+    samples well below it are shadows or marks, and too many of them raise `calibration_failed`.
     Where most of the white is clipped (a camera exposing for the patches) the field is taken as
     flat: the colour correction then finds the white level from the patches alone."""
     points = white_points(card)
     design = _design(points, card)
     unclipped = white_clipped < 0.5
     if unclipped.mean() < MIN_UNCLIPPED:
-        return IlluminationField(np.zeros((design.shape[1], 3)), card, 0.0, True)
+        return IlluminationField(np.zeros((design.shape[1], 3)), card, 0.0, True, np.empty((0, 2)))
     logs = np.log(np.clip(srgb_to_linear(white_rgb), 1e-4, None))
     keep = unclipped.copy()
-    for _ in range(2):
-        coef, *_ = np.linalg.lstsq(design[keep], logs[keep], rcond=None)
-        resid = np.abs(logs - design @ coef).max(axis=1)
-        scale = max(1.4826 * float(np.median(resid[keep])), 0.01)
-        keep = unclipped & (resid < 4 * scale)
-    rms = float(np.sqrt(np.mean((logs[keep] - design[keep] @ coef) ** 2)))
-    if keep.sum() < 0.8 * unclipped.sum() or rms > MAX_SHADOW:
+    for terms in (3, design.shape[1], design.shape[1]):
+        coef, *_ = np.linalg.lstsq(design[keep, :terms], logs[keep], rcond=None)
+        resid = (logs - design[:, :terms] @ coef).mean(axis=1)
+        scale = max(1.4826 * float(np.median(np.abs(resid[keep]))), 0.01)
+        keep = unclipped & (resid < min(3 * scale, GLARE_LOG)) & (resid > -max(4 * scale, SHADOW_LOG))
+    coefficients = np.zeros((design.shape[1], 3))
+    coefficients[:terms] = coef
+    glare = resid > GLARE_LOG
+    shadow = resid < -max(4 * scale, SHADOW_LOG)
+    rms = float(np.sqrt(np.mean(resid[keep] ** 2)))
+    if shadow.mean() > MAX_SHADOW_FRACTION or rms > MAX_RMS or keep.sum() < MIN_KEPT * len(points):
         raise ReadError("calibration_failed", "The light across the card is uneven (a shadow or a mark on "
                                               "the card): close the lid, clean the card and read again.")
-    return IlluminationField(coef, card, rms, not unclipped.all())
+    saturated_paper = bool(np.any(~unclipped & ~glare))   # clipped where no highlight explains it
+    return IlluminationField(coefficients, card, rms, saturated_paper, points[glare])

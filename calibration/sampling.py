@@ -15,6 +15,7 @@ CLIPPED = 250 / 255         # at or above: the sensor (or JPEG) saturated
 SPECULAR_RATIO = 1.30       # brighter than this x the region's darker quartile: a highlight
 SPECULAR_MARGIN = 0.04
 MAX_GRID = 24               # samples per side; ~1 px apart on a 1456 px frame
+REMAP_WIDTH = 1024
 
 
 @dataclass(frozen=True)
@@ -33,25 +34,38 @@ def square_grid(centers_mm: np.ndarray, half_mm: float, px_per_mm: float) -> np.
     return np.asarray(centers_mm, float)[:, None, :] + offsets[None, :, :]
 
 
-def sample(image_rgb: np.ndarray, pose: CardPose, points_mm: np.ndarray) -> np.ndarray:
-    """Bilinear samples (..., 3) in 0..1 at card points (..., 2)."""
+def sample(image_bgr: np.ndarray, pose: CardPose, points_mm: np.ndarray) -> np.ndarray:
+    """Bilinear RGB samples (..., 3) in 0..1 at card points (..., 2)."""
     shape = points_mm.shape[:-1]
-    px = pose.to_image(points_mm.reshape(-1, 2)).astype(np.float32).reshape(1, -1, 2)
-    values = cv2.remap(image_rgb, px[..., 0], px[..., 1], cv2.INTER_LINEAR,
+    px = pose.to_image(points_mm.reshape(-1, 2)).astype(np.float32)
+    count = len(px)
+    px = np.pad(px, ((0, -count % REMAP_WIDTH), (0, 0))).reshape(-1, REMAP_WIDTH, 2)  # remap maps < 32767 wide
+    values = cv2.remap(image_bgr, px[..., 0], px[..., 1], cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    return values.reshape(*shape, 3).astype(np.float32) / 255.0
+    return values.reshape(-1, 3)[:count].reshape(*shape, 3)[..., ::-1].astype(np.float32) / 255.0
 
 
 def robust_colours(values: np.ndarray) -> RegionColours:
     """Median colour per region (R, M, 3) of the samples that are neither highlights nor clipped."""
-    lum = values.mean(axis=-1)
-    clipped = values.max(axis=-1) >= CLIPPED
-    floor = np.percentile(lum, 25, axis=1, keepdims=True)
+    r, g, b = values[..., 0], values[..., 1], values[..., 2]   # slices: numpy reduces a length-3 axis slowly
+    lum = (r + g + b) / 3
+    clipped = np.maximum(np.maximum(r, g), b) >= CLIPPED
+    floor = np.partition(lum, lum.shape[1] // 4, axis=1)[:, lum.shape[1] // 4, None]  # darker quartile
     specular = clipped | (lum > floor * SPECULAR_RATIO + SPECULAR_MARGIN)
     all_gone = specular.all(axis=1)
     specular_kept = specular & ~all_gone[:, None]  # nothing usable: keep all, the caller refuses on `specular`
-    kept = np.where(specular_kept[..., None], np.nan, values)
-    rgb = np.nanmedian(kept, axis=1)
-    kept_lum = np.where(specular_kept, np.nan, lum)
-    spread = np.nanmedian(np.abs(kept_lum - np.nanmedian(kept_lum, axis=1, keepdims=True)), axis=1)
+    rgb = _masked_median(values, specular_kept)
+    kept_lum = lum[..., None]
+    centre = _masked_median(kept_lum, specular_kept)
+    spread = _masked_median(np.abs(kept_lum - centre[:, None, :]), specular_kept)[:, 0]
     return RegionColours(rgb, specular.mean(axis=1), clipped.mean(axis=1), spread)
+
+
+def _masked_median(values: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """Median over axis 1 of (R, M, C) ignoring dropped samples; sorting NaNs last is far faster
+    than numpy's nanmedian on many small groups."""
+    ordered = np.sort(np.where(drop[..., None], np.nan, values), axis=1)
+    n = (~drop).sum(axis=1)[:, None, None]
+    lo = np.take_along_axis(ordered, (n - 1) // 2, axis=1)
+    hi = np.take_along_axis(ordered, n // 2, axis=1)
+    return ((lo + hi) / 2)[:, 0, :]

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from calibration.colour import delta_e_2000, hex_to_lab_d50
+from calibration.colour import hex_to_lab_d50
 from calibration.errors import ReadError
 from calibration.specs import Card, Product, builtin_products, load_product
 
@@ -24,10 +24,11 @@ ACROSS_MM = np.linspace(-1.5, 1.5, 7)
 ALONG_SUB_MM = np.array([-0.15, 0.0, 0.15])
 EDGE_MM = 0.8                       # bins this close to a boundary are ignored (placement jitter)
 SHIFTS = np.arange(-2, 3)           # +-1 mm in bins
-COST_CAP = 25.0                     # one odd pad must not outweigh the whole profile
-MIN_MARGIN = 1.0                    # mean CIEDE2000 by which the right way round must win
-MAX_MATCH_COST = 9.0                # above: the strip does not look like the product at all
-CHART_STEPS = 8                     # interpolated colours per chart segment
+# Costs are mean CIELAB distances (CIE76): only compared with each other, so the cheap metric serves.
+COST_CAP = 30.0                     # one odd pad must not outweigh the whole profile
+MIN_MARGIN = 12.0                   # distance x mm by which the right way round must beat every other
+MAX_MATCH_COST = 12.0               # above: the strip does not look like the product at all
+CHART_STEPS = 6                     # interpolated colours per chart segment
 
 WHITE, BASE, EDGE = 0, 1, -1
 
@@ -35,8 +36,8 @@ WHITE, BASE, EDGE = 0, 1, -1
 @dataclass(frozen=True)
 class StripMatch:
     shift_mm: float             # measured offset of the strip along the slot
-    cost: float                 # mean CIEDE2000 of the profile against the product
-    reversed_cost: float
+    cost: float                 # mean CIELAB distance of the profile from the product's pattern
+    reversed_margin: float      # how much worse the strip fits turned round (distance x mm)
 
 
 def profile_points(card: Card) -> tuple[np.ndarray, np.ndarray]:
@@ -75,9 +76,19 @@ def _other_products(expected_id: str) -> tuple[Product, ...]:
     return tuple(load_product(pid) for pid in builtin_products() if pid != expected_id)
 
 
-def match_strip(card: Card, product: Product, along: np.ndarray, profile_lab: np.ndarray) -> StripMatch:
+def _excess(better: np.ndarray, worse: np.ndarray) -> float:
+    """How much worse one hypothesis fits than another, in CIELAB distance x mm of strip, summed
+    over the bins both predict (a paired comparison: a few pads' worth of evidence is not diluted
+    by the long stretches where the two hypotheses agree)."""
+    both = ~(np.isnan(better) | np.isnan(worse))
+    return float(np.sum(worse[both] - better[both]) * STEP_MM)
+
+
+def match_strip(card: Card, product: Product, along: np.ndarray, profile_lab: np.ndarray,
+                seen: np.ndarray) -> StripMatch:
     """Decide from the slot profile (bins, 3) that the expected strip lies the right way round, or
-    raise `strip_not_found`, `strip_reversed` or `wrong_strip`."""
+    raise `strip_not_found`, `strip_reversed` or `wrong_strip`. Bins not `seen` (under glare) are
+    left out of every comparison."""
     products = (product,) + _other_products(product.id)
     references = [hex_to_lab_d50(card.background_srgb)[None], hex_to_lab_d50(product.strip_base_srgb)[None]]
     pad_index = {}
@@ -86,46 +97,51 @@ def match_strip(card: Card, product: Product, along: np.ndarray, profile_lab: np
             pad_index[(p.id, pad.analyte)] = len(references)
             references.append(chart_polyline(pad.level_lab))
     # distance of every bin to every reference: (bins, refs), capped
-    dist = np.stack([delta_e_2000(profile_lab[:, None, :], ref[None]).min(axis=1) for ref in references], axis=1)
-    dist = np.minimum(dist, COST_CAP)
+    starts = np.cumsum([0] + [len(r) for r in references[:-1]])
+    d2 = ((profile_lab[:, None, :] - np.vstack(references)[None, :, :]) ** 2).sum(axis=-1)
+    dist = np.minimum(np.sqrt(np.minimum.reduceat(d2, starts, axis=1)), COST_CAP)
+    rows = np.arange(len(along))
 
-    def cost(labels: np.ndarray) -> tuple[float, int]:
-        best = (np.inf, 0)
+    def fit(labels: np.ndarray) -> tuple[np.ndarray, int]:
+        """Per-bin cost (NaN where the hypothesis predicts an edge) at the best shift."""
+        best = None
         for shift in SHIFTS:
             shifted = np.roll(labels, shift)
             if shift > 0:
                 shifted[:shift] = WHITE
             elif shift < 0:
                 shifted[shift:] = WHITE
-            used = shifted != EDGE
-            value = float(dist[np.nonzero(used)[0], shifted[used]].mean())
-            best = min(best, (value, int(shift)))
+            per_bin = np.where((shifted == EDGE) | ~seen, np.nan, dist[rows, np.maximum(shifted, 0)])
+            if best is None or np.nanmean(per_bin) < np.nanmean(best[0]):
+                best = (per_bin, int(shift))
         return best
 
-    forward, shift = cost(_labels(product, along, False, pad_index))
-    backward, _ = cost(_labels(product, along, True, pad_index))
-    empty, _ = cost(np.where(np.abs(along) <= EDGE_MM, EDGE, WHITE))
-    plain = np.where((along > EDGE_MM) & (along < product.strip_length_mm - EDGE_MM), BASE, WHITE)
-    plain[(np.abs(along) <= EDGE_MM) | (np.abs(along - product.strip_length_mm) <= EDGE_MM)] = EDGE
-    pads_down, _ = cost(plain)
-    others = [(min(cost(_labels(p, along, rev, pad_index))[0] for rev in (False, True)), p) for p in products[1:]]
-    other_cost, other = min(others, key=lambda x: x[0]) if others else (np.inf, None)
-
-    best = min(forward, backward, empty, pads_down, other_cost)
-    if best == empty:
-        raise ReadError("strip_not_found", "No strip was found in the slot: lay the dipped strip in the slot, "
-                                           "pads up, with its handle end on the handle mark.")
-    if best == pads_down:
-        raise ReadError("strip_reversed", "The strip's pads are facing down: turn the strip pads up, with its "
-                                          "handle end on the handle mark, and read again.")
-    if best == other_cost and other_cost + MIN_MARGIN < forward:
-        raise ReadError("wrong_strip", f"This looks like a different strip ({other.name}), not the "
-                                       f"{product.name} this reading is set for: use the right strip or "
-                                       "choose its product.")
-    if backward < forward + MIN_MARGIN:   # reversed, or too close to call: never guess
-        raise ReadError("strip_reversed", "The strip is the wrong way round: put its handle end (the end "
-                                          "without pads) on the handle mark and read again.")
-    if forward > MAX_MATCH_COST:
+    length = product.strip_length_mm
+    plain = np.where((along > EDGE_MM) & (along < length - EDGE_MM), BASE, WHITE)
+    plain[(np.abs(along) <= EDGE_MM) | (np.abs(along - length) <= EDGE_MM)] = EDGE
+    forward, shift = fit(_labels(product, along, False, pad_index))
+    pads_up = "No strip was found in the slot: lay the dipped strip in the slot, pads up, with its handle end " \
+              "on the handle mark."
+    turn = "put its handle end (the end without pads) on the handle mark and read again."
+    alternatives = [
+        (fit(np.where(np.abs(along) <= EDGE_MM, EDGE, WHITE))[0], "strip_not_found", pads_up),
+        (fit(plain)[0], "strip_reversed", "The strip's pads are facing down: turn the strip pads up, with its "
+                                          "handle end on the handle mark, and read again."),
+        (fit(_labels(product, along, True, pad_index))[0], "strip_reversed", "The strip is the wrong way round "
+                                                                              "(or cannot be told apart): " + turn),
+    ]
+    for other in products[1:]:
+        for rev in (False, True):
+            alternatives.append((fit(_labels(other, along, rev, pad_index))[0], "wrong_strip",
+                                 f"This looks like a different strip ({other.name}), not the {product.name} "
+                                 "this reading is set for: use the right strip or choose its product."))
+    margins = [_excess(forward, alt) for alt, _, _ in alternatives]
+    closest = int(np.argmin(margins))
+    if margins[closest] < MIN_MARGIN:
+        _, code, message = alternatives[closest]
+        raise ReadError(code, message)
+    cost = float(np.nanmean(forward))
+    if cost > MAX_MATCH_COST:
         raise ReadError("wrong_strip", f"The strip does not match the {product.name}: use the right strip "
                                        "or choose its product.")
-    return StripMatch(shift * STEP_MM, forward, backward)
+    return StripMatch(shift * STEP_MM, cost, margins[2])

@@ -26,11 +26,15 @@ from models.pads import PadModel, StripObservation
 SCHEMA = "stripread.read/1"
 WORK_LONG_SIDE = 2100        # decode larger JPEGs at 1/2 or 1/4 scale: pads stay >= 14 px wide
 PATCH_INNER = 0.6            # fraction of a patch or pad side that is sampled (edges bleed)
-TOO_DARK = 45 / 255          # card white darker than this: too little light to measure colour
+TOO_DARK = 80 / 255          # card white darker than this: too few grey levels left to tell pads apart
+DARK_FRAME = 45 / 255        # a whole frame this dark hides the card too: said before looking for it
 OVEREXPOSED_PATCHES = 0.15   # fraction of chromatic patches clipped; or two neutrals
 PAD_GLARE_REFUSE = 0.4       # a pad with more highlight than this cannot be read
 PAD_GLARE_FLAG = 0.05
 PATCH_GLARE_DROP = 0.3
+PATCH_GLARE_RADIUS_MM = 9.0  # a highlight on the white this close to a patch's centre reaches into it
+PAD_GLARE_MESSAGE = ("Light is reflecting off the strip's pads: close the lid and keep the strip flat, "
+                     "then read again within its read time.")
 
 
 def software_version() -> str:
@@ -93,7 +97,7 @@ def decode(data: bytes) -> tuple[np.ndarray, float]:
 def _check_exposure(gray: np.ndarray) -> None:
     """Whole-frame checks that come first, because a black or white frame also hides the card."""
     small = gray[::8, ::8]
-    if np.percentile(small, 99) < 255 * TOO_DARK:
+    if np.percentile(small, 99) < 255 * DARK_FRAME:
         raise ReadError("too_dark", "The photo is too dark: close the lid so the reader's light is on the "
                                     "strip, then read again.")
     if np.mean(small >= 250) > 0.5:
@@ -114,6 +118,8 @@ class Reader:
         self._patch_centers = np.array([p.center_mm for p in self.card.patches])
         self._white_points = illumination.white_points(self.card)
         self._along, self._profile_points = profile_points(self.card)
+        self._profile_xy = self.card.slot_to_card(self._along)
+        self._nominal_pad_xy = self.card.slot_to_card(np.array([p.center_mm for p in self.product.pads]))
         self._base_lab = hex_to_lab_d50(self.product.strip_base_srgb)
 
     def read(self, data: bytes, captured_at: datetime | None = None) -> dict:
@@ -135,38 +141,38 @@ class Reader:
         if sharpness < detect.MIN_SHARPNESS:
             raise ReadError("blurred", "The photo is blurred: keep the reader still and the card flat, "
                                        "then read again.")
-        rgb = image[..., ::-1]
         ppm = pose.px_per_mm
         white_grid = sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)
         patch_grid = sampling.square_grid(self._patch_centers, PATCH_INNER * self.card.patches[0].size_mm / 2, ppm)
-        white = sampling.robust_colours(sampling.sample(rgb, pose, white_grid))
+        white = sampling.robust_colours(sampling.sample(image, pose, white_grid))
         if np.median(white.rgb.mean(axis=1)) < TOO_DARK:
             raise ReadError("too_dark", "The photo is too dark: close the lid so the reader's light is on "
                                         "the strip, then read again.")
         field = illumination.fit_illumination(self.card, white.rgb, white.clipped)
-        patches = sampling.robust_colours(sampling.sample(rgb, pose, patch_grid))
+        if np.any(field.glare_near(self._nominal_pad_xy)):
+            raise ReadError("glare", PAD_GLARE_MESSAGE)
+        patches = sampling.robust_colours(sampling.sample(image, pose, patch_grid))
         if np.mean(patches.clipped[~self._neutral] > 0.5) > OVEREXPOSED_PATCHES or \
                 np.sum(patches.clipped[self._neutral] > 0.5) > 1:
             raise ReadError("overexposed", "The photo is too bright: the card's light colours are washed out. "
                                            "Close the lid and keep direct light off the reader, then read again.")
-        usable = patches.specular <= PATCH_GLARE_DROP
+        usable = (patches.specular <= PATCH_GLARE_DROP) & ~field.glare_near(self._patch_centers, PATCH_GLARE_RADIUS_MM)
         if usable.sum() < 16 or (usable & self._neutral).sum() < 3:
             raise ReadError("glare", "Light is reflecting off the card: close the lid and read again.")
         patch_rel = field.relative(patches.rgb, self._patch_centers)
         correction = fit_correction(patch_rel[usable], self.card.patch_lab[usable], self._neutral[usable],
                                     white=not field.white_clipped)
 
-        profile = sampling.robust_colours(sampling.sample(rgb, pose, self._profile_points))
-        profile_xy = self.card.slot_to_card(self._along)
-        profile_lab = correction.to_lab(field.relative(profile.rgb, profile_xy))
-        match = match_strip(self.card, self.product, self._along, profile_lab)
+        profile = sampling.robust_colours(sampling.sample(image, pose, self._profile_points))
+        profile_lab = correction.to_lab(field.relative(profile.rgb, self._profile_xy))
+        seen = ~field.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE)
+        match = match_strip(self.card, self.product, self._along, profile_lab, seen)
 
         pad_xy = self.card.slot_to_card(np.array([p.center_mm for p in self.product.pads]) + match.shift_mm)
         pad_half = PATCH_INNER * min(p.size_mm for p in self.product.pads) / 2
-        pads = sampling.robust_colours(sampling.sample(rgb, pose, sampling.square_grid(pad_xy, pad_half, ppm)))
-        if np.any(pads.specular > PAD_GLARE_REFUSE):
-            raise ReadError("glare", "Light is reflecting off the strip's pads: close the lid and keep the "
-                                     "strip flat, then read again within its read time.")
+        pads = sampling.robust_colours(sampling.sample(image, pose, sampling.square_grid(pad_xy, pad_half, ppm)))
+        if np.any(pads.specular > PAD_GLARE_REFUSE) or np.any(field.glare_near(pad_xy)):
+            raise ReadError("glare", PAD_GLARE_MESSAGE)
         pad_lab = correction.to_lab(field.relative(pads.rgb, pad_xy))
         readings = self.model.read(StripObservation(self.product, pad_lab, self._base_lab,
                                                     correction.residual_de00))
@@ -180,7 +186,7 @@ class Reader:
         qc = {"card_id": self.card.id,
               "color_residual_de00": round(correction.residual_de00, 3),
               "color_residual_max_de00": round(correction.worst_de00, 3),
-              "glare_fraction": round(float(pads.specular.mean()), 4),
+              "glare_fraction": round(max(field.glare_fraction, float(pads.specular.mean())), 4),
               "sharpness": round(sharpness, 3),
               "illumination_rms": round(field.rms_residual, 4),
               "markers_found": pose.markers_found,
@@ -188,7 +194,7 @@ class Reader:
               "px_per_mm": round(ppm / scale, 2),
               "strip_shift_mm": match.shift_mm,
               "strip_match_de00": round(match.cost, 2),
-              "strip_reversed_match_de00": round(match.reversed_cost, 2)}
+              "strip_reversed_margin": round(match.reversed_margin, 1)}
         return {"analytes": analytes, "qc": qc}
 
     def _provenance(self, data: bytes, captured_at: datetime | None) -> dict:

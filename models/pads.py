@@ -61,23 +61,40 @@ def interpret(pad: Pad, reading: PadReading) -> PadReading:
     return reading
 
 
-def chart_position(pad: Pad, lab: np.ndarray) -> tuple[int, float, float]:
-    """Nearest chart level, the fractional position between it and its closer neighbour (level
-    units, measured by projection onto the straight step between their colours in CIELAB), and the
-    CIEDE2000 distance from the chart's colour path."""
-    levels = pad.level_lab
-    d = delta_e_2000(lab[None, :], levels)
-    nearest = int(np.argmin(d))
-    best = (nearest, float(nearest), float(d[nearest]))
-    for neighbour in (nearest - 1, nearest + 1):
-        if not 0 <= neighbour < len(levels):
-            continue
-        step = levels[neighbour] - levels[nearest]
-        f = float(np.clip(np.dot(lab - levels[nearest], step) / np.dot(step, step), 0.0, 1.0))
-        gap = float(delta_e_2000(lab, levels[nearest] + f * step))
-        if gap < best[2]:
-            best = (nearest, nearest + f * (neighbour - nearest), gap)
-    return best
+@dataclass(frozen=True)
+class ChartPosition:
+    distances: np.ndarray   # CIEDE2000 to every chart level
+    nearest: int            # index of the nearest level
+    position: float         # fractional level position between `nearest` and its closer neighbour
+    gap: float              # CIEDE2000 from the chart's colour path (straight steps between levels)
+
+
+def chart_positions(pads: tuple[Pad, ...], labs: np.ndarray) -> list[ChartPosition]:
+    """Where each pad colour sits on its chart. The position between two levels comes from
+    projecting onto the straight CIELAB step between their colours. Two vectorised CIEDE2000 calls
+    serve the whole strip (the per-call overhead dominates for a few colours)."""
+    counts = [len(p.levels) for p in pads]
+    owner = np.repeat(np.arange(len(pads)), counts)
+    levels = np.vstack([p.level_lab for p in pads])
+    d_all = delta_e_2000(labs[owner], levels)
+    starts = np.cumsum([0] + counts[:-1])
+    nearest = [int(np.argmin(d_all[s:s + n])) for s, n in zip(starts, counts)]
+    pairs = [(i, n, m) for i, n in enumerate(nearest) for m in (n - 1, n + 1) if 0 <= m < counts[i]]
+    idx = np.array(pairs)
+    base = levels[starts[idx[:, 0]] + idx[:, 1]]
+    steps = levels[starts[idx[:, 0]] + idx[:, 2]] - base
+    f = np.clip(((labs[idx[:, 0]] - base) * steps).sum(axis=1) / (steps * steps).sum(axis=1), 0.0, 1.0)
+    gaps = delta_e_2000(labs[idx[:, 0]], base + f[:, None] * steps)
+    result = []
+    for i, (s, n) in enumerate(zip(starts, counts)):
+        d = d_all[s:s + n]
+        best = ChartPosition(d, nearest[i], float(nearest[i]), float(d[nearest[i]]))
+        for k in np.nonzero(idx[:, 0] == i)[0]:
+            if gaps[k] < best.gap:
+                best = ChartPosition(d, nearest[i], nearest[i] + float(f[k]) * (idx[k, 2] - nearest[i]),
+                                     float(gaps[k]))
+        result.append(best)
+    return result
 
 
 def value_at(pad: Pad, position: float) -> float | None:
@@ -99,15 +116,15 @@ class NearestChartColour:
     def read(self, observation: StripObservation) -> list[PadReading]:
         sigma = max(2.0, 1.5 * observation.residual_de00)
         readings = []
-        for pad, lab in zip(observation.product.pads, observation.pad_lab):
-            nearest, position, gap = chart_position(pad, lab)
-            if gap > OUT_OF_GAMUT_DE00:
-                readings.append(PadReading(pad.analyte, None, None, 0.0, ["out_of_gamut"], round(gap, 2)))
+        pads = observation.product.pads
+        for pad, chart in zip(pads, chart_positions(pads, observation.pad_lab)):
+            if chart.gap > OUT_OF_GAMUT_DE00:
+                readings.append(PadReading(pad.analyte, None, None, 0.0, ["out_of_gamut"], round(chart.gap, 2)))
                 continue
-            d = delta_e_2000(lab[None, :], pad.level_lab)
+            d = chart.distances
             weights = np.exp(-0.5 * ((d - d.min()) / sigma) ** 2)
-            confidence = float(weights[nearest] / weights.sum())
-            reading = PadReading(pad.analyte, pad.levels[nearest].code, value_at(pad, position),
-                                 round(confidence, 3), [], round(gap, 2))
+            confidence = float(weights[chart.nearest] / weights.sum())
+            reading = PadReading(pad.analyte, pad.levels[chart.nearest].code, value_at(pad, chart.position),
+                                 round(confidence, 3), [], round(chart.gap, 2))
             readings.append(interpret(pad, reading))
         return readings
