@@ -1,0 +1,23 @@
+"""Shared fixtures: the built-in card and products, and where the team's interface specs live."""
+from pathlib import Path
+
+import pytest
+
+from calibration.specs import load_card, load_product
+
+SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
+
+
+@pytest.fixture(scope="session")
+def card():
+    return load_card()
+
+
+@pytest.fixture(scope="session")
+def product():
+    return load_product()
+
+
+@pytest.fixture(scope="session")
+def acr_product():
+    return load_product("acr-2")
