@@ -38,8 +38,8 @@ def run_case(case: tuple[int, str | None]) -> dict:
     rng = np.random.default_rng(seed)
     spec = scene.random_scene(rng, fault=fault)
     spec = dataclasses.replace(spec, resolution=RESOLUTIONS[seed % len(RESOLUTIONS)])
-    image, truth = scene.render(spec, rng)
-    result = _reader(spec.product).read(scene.encode(image, quality=spec.jpeg_quality or 90))
+    data, truth = scene.photograph(spec, rng)
+    result = _reader(spec.product).read(data)
     out = {"seed": seed, "fault": fault, "illuminant": spec.illuminant, "camera": spec.camera,
            "expected_error": truth.expected_error, "status": result["status"],
            "error": result.get("error", {}).get("code"), "pads": {}}

@@ -61,8 +61,7 @@ def main(argv=None) -> int:
         for width, height in ((1456, 1088), (2028, 1520), (4056, 3040)):
             rng = np.random.default_rng(args.seed)
             spec = scene.random_scene(rng, resolution=(width, height))
-            image, _ = scene.render(spec, rng)
-            data = scene.encode(image, quality=90)
+            data, _ = scene.photograph(spec, rng)
             buf = np.frombuffer(data, np.uint8)
             assert reader.read(data)["status"] == "ok", "the benchmark scene must be readable"
             decode_ms = _median_ms(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR), args.repeats)

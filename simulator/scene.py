@@ -653,14 +653,20 @@ def render(spec: SceneSpec, rng: np.random.Generator) -> tuple[np.ndarray, Truth
     return image, truth
 
 
-def write_scene(path, spec: SceneSpec, rng: np.random.Generator) -> Truth:
-    """Render and save; a .jpg gets the camera's own JPEG bytes, anything else is lossless PNG."""
-    path = Path(path)
+def photograph(spec: SceneSpec, rng: np.random.Generator, fmt: str = "jpg") -> tuple[bytes, Truth]:
+    """The photo file the camera would write: its own JPEG bytes (or lossless PNG), and the truth."""
     image, truth, data = _render(spec, rng)
-    if path.suffix.lower() not in (".jpg", ".jpeg"):
+    if fmt == "png":
         data = encode(image, "png")
     elif data is None:
         data = encode(image, "jpg", WRITE_JPEG_QUALITY)
+    return data, truth
+
+
+def write_scene(path, spec: SceneSpec, rng: np.random.Generator) -> Truth:
+    """Render and save; a .jpg gets the camera's own JPEG bytes, anything else is lossless PNG."""
+    path = Path(path)
+    data, truth = photograph(spec, rng, "jpg" if path.suffix.lower() in (".jpg", ".jpeg") else "png")
     path.write_bytes(data)
     return truth
 
