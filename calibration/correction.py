@@ -2,8 +2,8 @@
 
 Input colours are already relative to the local card white (see `illumination`). Two steps:
 a per-channel tone curve fitted on the neutral patches (cameras apply S-curves and gammas that are
-not sRGB), then a second-order root-polynomial matrix (Finlayson et al. 2015) to XYZ D50, which
-stays exposure-invariant while bending where a 3x3 cannot. Its quality is judged on patches held
+not sRGB), then by default a second-order root-polynomial matrix (Finlayson et al. 2015) to XYZ
+D50, which stays exposure-invariant while bending where a 3x3 cannot. Its quality is judged on patches held
 out of the fit (k-fold cross-validation: every patch is predicted once by a fit that never saw it),
 because a fit always looks good on its own training patches.
 """
@@ -27,29 +27,47 @@ def _tone_design(rel: np.ndarray) -> np.ndarray:
     return np.stack([u, u * u], axis=-1)
 
 
-def _root_poly(rgb: np.ndarray) -> np.ndarray:
+def _linear(rgb: np.ndarray) -> np.ndarray:
+    return np.clip(rgb, 0, None)
+
+
+def _root_poly2(rgb: np.ndarray) -> np.ndarray:
     r, g, b = (np.clip(rgb[..., i], 0, None) for i in range(3))
     return np.stack([r, g, b, np.sqrt(r * g), np.sqrt(g * b), np.sqrt(r * b)], axis=-1)
+
+
+def _root_poly3(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (np.clip(rgb[..., i], 0, None) for i in range(3))
+    cubic = [np.cbrt(x * y * y) for x, y in ((r, g), (g, b), (r, b), (g, r), (b, g), (b, r))]
+    return np.concatenate([_root_poly2(rgb), np.stack(cubic + [np.cbrt(r * g * b)], axis=-1)], axis=-1)
+
+
+# Colour-correction models: every term scales with exposure, so each stays exposure-invariant.
+# `bench/ccm.py` compares them; root-polynomial degree 2 measured best on held-out patches.
+TERMS = {"linear": _linear, "root_poly2": _root_poly2, "root_poly3": _root_poly3}
+DEFAULT_TERMS = "root_poly2"
 
 
 @dataclass(frozen=True)
 class ColourCorrection:
     tone: np.ndarray        # (3, 2): log Y = a u + b u^2 per channel, u = log(relative value)
-    matrix: np.ndarray      # (6, 3): root-polynomial terms -> XYZ D50
+    matrix: np.ndarray      # (terms, 3): model terms of linear RGB -> XYZ D50
     residual_de00: float    # mean CIEDE2000 of held-out predictions of the card patches
     worst_de00: float
+    terms: str = DEFAULT_TERMS
 
     def linearise(self, rel: np.ndarray) -> np.ndarray:
         return np.exp(np.einsum("...ck,ck->...c", _tone_design(rel), self.tone))
 
     def to_xyz(self, rel: np.ndarray) -> np.ndarray:
-        return _root_poly(self.linearise(rel)) @ self.matrix
+        return TERMS[self.terms](self.linearise(rel)) @ self.matrix
 
     def to_lab(self, rel: np.ndarray) -> np.ndarray:
         return xyz_to_lab(np.clip(self.to_xyz(rel), 0, None))
 
 
-def _fit(rel: np.ndarray, xyz: np.ndarray, neutral: np.ndarray, white: bool) -> tuple[np.ndarray, np.ndarray]:
+def _fit(rel: np.ndarray, xyz: np.ndarray, neutral: np.ndarray, white: bool,
+         terms_name: str) -> tuple[np.ndarray, np.ndarray]:
     """Tone curves from the neutrals, then the matrix, weighted so each patch counts by its relative
     (not absolute) error, as the eye does. With `white`, the card white (1 by construction of the
     relative colours) anchors both."""
@@ -65,9 +83,10 @@ def _fit(rel: np.ndarray, xyz: np.ndarray, neutral: np.ndarray, white: bool) -> 
             a, b = float(np.dot(design[:, 0], y) / np.dot(design[:, 0], design[:, 0])), 0.0
         tone[c] = a, b
     lin = np.exp(np.einsum("nck,ck->nc", _tone_design(rel), tone))
-    terms, target = _root_poly(lin), xyz
+    model = TERMS[terms_name]
+    terms, target = model(lin), xyz
     if white:
-        terms, target = np.vstack([terms, _root_poly(np.ones(3))]), np.vstack([xyz, WHITE_D50])
+        terms, target = np.vstack([terms, model(np.ones(3))]), np.vstack([xyz, WHITE_D50])
     weight = 1.0 / np.sqrt(np.clip(target[:, 1], 0.02, None))
     if white:
         weight[-1] *= 3.0
@@ -77,7 +96,7 @@ def _fit(rel: np.ndarray, xyz: np.ndarray, neutral: np.ndarray, white: bool) -> 
 
 
 def fit_correction(rel: np.ndarray, reference_lab: np.ndarray, neutral: np.ndarray,
-                   white: bool = True) -> ColourCorrection:
+                   white: bool = True, terms: str = DEFAULT_TERMS) -> ColourCorrection:
     """Fit on all patches; report the cross-validated residual; raise `calibration_failed` if it is
     too high for pad colours to be trusted. Folds interleave the card order, so each fold holds out
     at most one or two neutrals and patches from both rows."""
@@ -86,11 +105,11 @@ def fit_correction(rel: np.ndarray, reference_lab: np.ndarray, neutral: np.ndarr
     fold = np.arange(len(rel)) % FOLDS
     for k in range(FOLDS):
         out = fold == k
-        tone, matrix = _fit(rel[~out], xyz[~out], neutral[~out], white)
-        held_out[out] = ColourCorrection(tone, matrix, 0.0, 0.0).to_lab(rel[out])
+        tone, matrix = _fit(rel[~out], xyz[~out], neutral[~out], white, terms)
+        held_out[out] = ColourCorrection(tone, matrix, 0.0, 0.0, terms).to_lab(rel[out])
     errors = delta_e_2000(held_out, reference_lab)
-    tone, matrix = _fit(rel, xyz, neutral, white)
-    correction = ColourCorrection(tone, matrix, float(errors.mean()), float(errors.max()))
+    tone, matrix = _fit(rel, xyz, neutral, white, terms)
+    correction = ColourCorrection(tone, matrix, float(errors.mean()), float(errors.max()), terms)
     if not np.isfinite(correction.residual_de00) or correction.residual_de00 > MAX_RESIDUAL_DE00:
         raise ReadError("calibration_failed", "The card's colours could not be matched (the card may be "
                                               "faded, dirty or lit unevenly): check the card and read again.")

@@ -16,6 +16,7 @@ from calibration.errors import ReadError
 from calibration.specs import Card
 
 MIN_MARKERS = 3            # three markers (12 corners) still fix a homography well
+DETECT_LONG_SIDE = 1100    # markers are looked for on a frame this size, then refined at full size
 MAX_REPROJECTION_MM = 0.6  # corners further off than this: card bent or a false marker
 MIN_SHARPNESS = 0.8        # 1/mm: edge slope / contrast; below it the blur spreads over > ~0.5 mm
 EDGE_HALF_WIDTH_MM = 2.0   # edge profiles span +-2 mm
@@ -42,15 +43,27 @@ class CardPose:
 @lru_cache(maxsize=4)
 def _detector(dictionary_name: str) -> cv2.aruco.ArucoDetector:
     params = cv2.aruco.DetectorParameters()
-    # The reader decodes frames at ~1000-1500 px, where the card's markers are 35-100 px wide: two
-    # threshold windows cover them at a third of the default sweep's cost, and contours too small to
-    # be a marker are dropped early. Sub-pixel corners make the homography accurate to ~0.05 mm.
+    # Markers are searched on a frame of ~1100 px, where they are 35-70 px wide: two threshold
+    # windows cover them at a third of the default sweep's cost, and contours too small to be a
+    # marker are dropped early. Sub-pixel corners make the homography accurate to ~0.05 mm.
     params.adaptiveThreshWinSizeMin = 15
     params.adaptiveThreshWinSizeMax = 45
     params.adaptiveThreshWinSizeStep = 30
     params.minMarkerPerimeterRate = 0.08
     params.cornerRefinementMethod = cv2.aruco.CORNER_REFINE_SUBPIX
     return cv2.aruco.ArucoDetector(cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, dictionary_name)), params)
+
+
+def _refine(gray: np.ndarray, corners: np.ndarray, scale: float) -> np.ndarray:
+    """Corners found on the scaled frame, refined to sub-pixel on the full one."""
+    if scale == 1.0:
+        return corners
+    # ArUco's corners are pixel-centre based: map centres, not edges, between the two scales
+    full = ((corners + 0.5) / scale - 0.5).astype(np.float32).reshape(-1, 1, 2)
+    window = max(2, int(round(1.5 / scale)))
+    cv2.cornerSubPix(gray, full, (window, window), (-1, -1),
+                     (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 20, 0.01))
+    return full.reshape(4, 2)
 
 
 def _marker_corners_mm(card: Card, index: int) -> np.ndarray:
@@ -62,8 +75,10 @@ def _marker_corners_mm(card: Card, index: int) -> np.ndarray:
 
 def find_card(gray: np.ndarray, card: Card) -> CardPose:
     """Locate the card or raise `card_not_found` (or `blurred` when blur is why it was missed)."""
-    corners, ids, _ = _detector(card.marker_dictionary).detectMarkers(gray)
-    found = {} if ids is None else {int(i): c.reshape(4, 2) for i, c in zip(ids.ravel(), corners)}
+    scale = min(1.0, DETECT_LONG_SIDE / max(gray.shape))
+    small = gray if scale == 1.0 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    corners, ids, _ = _detector(card.marker_dictionary).detectMarkers(small)
+    found = {} if ids is None else {int(i): _refine(gray, c.reshape(4, 2), scale) for i, c in zip(ids.ravel(), corners)}
     matched = [(k, found[mid]) for k, mid in enumerate(card.marker_ids) if mid in found]
     if len(matched) < MIN_MARKERS:
         outline = outline_sharpness(gray, card)

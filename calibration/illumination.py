@@ -18,12 +18,14 @@ GRID_MM = 3.5
 CLEARANCE_MM = 1.2
 SAMPLE_HALF_MM = 0.8
 MIN_UNCLIPPED = 0.3        # fraction of white samples below saturation needed to map the light
-GLARE_LOG = 0.07           # white brighter than the fitted light by more than ~7 %: a highlight
+GLARE_LOG = 0.07           # white brighter than the fitted light by more than ~7 %: part of a highlight
+HIGHLIGHT_LOG = 0.69       # twice the fitted light: only a specular reflection does that
 SHADOW_LOG = 0.10          # white darker than the fitted light by more than ~10 %: a shadow or mark
 GLARE_RADIUS_MM = 6.0      # a highlight seen on the white this close to a pad is on the pad too
 MAX_SHADOW_FRACTION = 0.08
 MAX_RMS = 0.05             # rms log-residual of the kept white: the light is not smooth
 MIN_KEPT = 0.5
+MIN_SCALE, MAX_SCALE = 0.01, 0.025   # robust spread of the white around the surface (log units)
 
 
 @lru_cache(maxsize=8)
@@ -94,14 +96,19 @@ def fit_illumination(card: Card, white_rgb: np.ndarray, white_clipped: np.ndarra
     for terms in (3, design.shape[1], design.shape[1]):
         coef, *_ = np.linalg.lstsq(design[keep, :terms], logs[keep], rcond=None)
         resid = (logs - design[:, :terms] @ coef).mean(axis=1)
-        scale = max(1.4826 * float(np.median(np.abs(resid[keep]))), 0.01)
+        # noise-scaled bounds, but capped: a shadow must not widen the band until it fits inside
+        scale = float(np.clip(1.4826 * np.median(np.abs(resid[keep])), MIN_SCALE, MAX_SCALE))
         keep = unclipped & (resid < min(3 * scale, GLARE_LOG)) & (resid > -max(4 * scale, SHADOW_LOG))
     coefficients = np.zeros((design.shape[1], 3))
     coefficients[:terms] = coef
-    glare = resid > GLARE_LOG
-    shadow = resid < -max(4 * scale, SHADOW_LOG)
+    upward = resid > GLARE_LOG
+    # a specular highlight blows out or at least doubles the light somewhere; brighter-than-fitted
+    # white without one is the fit bending round a shadow, not glare
+    is_glare = bool(np.any(upward & (~unclipped | (resid > HIGHLIGHT_LOG))))
+    glare = upward if is_glare else np.zeros_like(upward)
+    misfit = (resid < -max(4 * scale, SHADOW_LOG)) | (upward & ~glare)
     rms = float(np.sqrt(np.mean(resid[keep] ** 2)))
-    if shadow.mean() > MAX_SHADOW_FRACTION or rms > MAX_RMS or keep.sum() < MIN_KEPT * len(points):
+    if misfit.mean() > MAX_SHADOW_FRACTION or rms > MAX_RMS or keep.sum() < MIN_KEPT * len(points):
         raise ReadError("calibration_failed", "The light across the card is uneven (a shadow or a mark on "
                                               "the card): close the lid, clean the card and read again.")
     saturated_paper = bool(np.any(~unclipped & ~glare))   # clipped where no highlight explains it

@@ -71,6 +71,62 @@ def _labels(product: Product, along: np.ndarray, reverse: bool, pad_index: dict)
     return labels
 
 
+def _shifted(labels: np.ndarray) -> np.ndarray:
+    """(shifts, bins): the pattern moved along the slot; what comes in from beyond is card white."""
+    rows = np.stack([np.roll(labels, k) for k in SHIFTS])
+    for row, k in zip(rows, SHIFTS):
+        if k > 0:
+            row[:k] = WHITE
+        elif k < 0:
+            row[k:] = WHITE
+    return rows
+
+
+@dataclass(frozen=True)
+class _Hypotheses:
+    """Everything about the slot that does not depend on the photo, built once per card and product."""
+    references: np.ndarray      # (points, 3) CIELAB: card white, strip base, then every chart's path
+    starts: np.ndarray          # first row of each reference in `references`
+    labels: np.ndarray          # (hypotheses, shifts, bins) reference index per bin, EDGE to ignore
+    refusals: tuple             # (code, message) for hypotheses 1.. (0 is the product the right way)
+
+
+@lru_cache(maxsize=16)
+def _hypotheses(card: Card, product: Product) -> _Hypotheses:
+    along, _ = profile_points(card)
+    products = (product,) + _other_products(product.id)
+    references = [hex_to_lab_d50(card.background_srgb)[None], hex_to_lab_d50(product.strip_base_srgb)[None]]
+    pad_index = {}
+    for p in products:
+        for pad in p.pads:
+            pad_index[(p.id, pad.analyte)] = len(references)
+            references.append(chart_polyline(pad.level_lab))
+    length = product.strip_length_mm
+    plain = np.where((along > EDGE_MM) & (along < length - EDGE_MM), BASE, WHITE)
+    plain[(np.abs(along) <= EDGE_MM) | (np.abs(along - length) <= EDGE_MM)] = EDGE
+    empty = np.where(np.abs(along) <= EDGE_MM, EDGE, WHITE)
+    turn = "put its handle end (the end without pads) on the handle mark and read again."
+    patterns = [(_labels(product, along, False, pad_index), None),
+                (empty, ("strip_not_found", "No strip was found in the slot: lay the dipped strip in the "
+                                            "slot, pads up, with its handle end on the handle mark.")),
+                (plain, ("strip_reversed", "The strip's pads are facing down: turn the strip pads up, with "
+                                           "its handle end on the handle mark, and read again.")),
+                (_labels(product, along, True, pad_index),
+                 ("strip_reversed", "The strip is the wrong way round (or cannot be told apart): " + turn))]
+    for other in products[1:]:
+        for reverse in (False, True):
+            patterns.append((_labels(other, along, reverse, pad_index),
+                             ("wrong_strip", f"This looks like a different strip ({other.name}), not the "
+                                             f"{product.name} this reading is set for: use the right strip or "
+                                             "choose its product.")))
+    return _Hypotheses(np.vstack(references), np.cumsum([0] + [len(r) for r in references[:-1]]),
+                       np.stack([_shifted(labels) for labels, _ in patterns]),
+                       tuple(refusal for _, refusal in patterns[1:]))
+
+
+REVERSED = 3   # index of "the product turned end for end" among the hypotheses
+
+
 @lru_cache(maxsize=8)
 def _other_products(expected_id: str) -> tuple[Product, ...]:
     return tuple(load_product(pid) for pid in builtin_products() if pid != expected_id)
@@ -84,64 +140,23 @@ def _excess(better: np.ndarray, worse: np.ndarray) -> float:
     return float(np.sum(worse[both] - better[both]) * STEP_MM)
 
 
-def match_strip(card: Card, product: Product, along: np.ndarray, profile_lab: np.ndarray,
-                seen: np.ndarray) -> StripMatch:
+def match_strip(card: Card, product: Product, profile_lab: np.ndarray, seen: np.ndarray) -> StripMatch:
     """Decide from the slot profile (bins, 3) that the expected strip lies the right way round, or
     raise `strip_not_found`, `strip_reversed` or `wrong_strip`. Bins not `seen` (under glare) are
     left out of every comparison."""
-    products = (product,) + _other_products(product.id)
-    references = [hex_to_lab_d50(card.background_srgb)[None], hex_to_lab_d50(product.strip_base_srgb)[None]]
-    pad_index = {}
-    for p in products:
-        for pad in p.pads:
-            pad_index[(p.id, pad.analyte)] = len(references)
-            references.append(chart_polyline(pad.level_lab))
-    # distance of every bin to every reference: (bins, refs), capped
-    starts = np.cumsum([0] + [len(r) for r in references[:-1]])
-    d2 = ((profile_lab[:, None, :] - np.vstack(references)[None, :, :]) ** 2).sum(axis=-1)
-    dist = np.minimum(np.sqrt(np.minimum.reduceat(d2, starts, axis=1)), COST_CAP)
-    rows = np.arange(len(along))
-
-    def fit(labels: np.ndarray) -> tuple[np.ndarray, int]:
-        """Per-bin cost (NaN where the hypothesis predicts an edge) at the best shift."""
-        best = None
-        for shift in SHIFTS:
-            shifted = np.roll(labels, shift)
-            if shift > 0:
-                shifted[:shift] = WHITE
-            elif shift < 0:
-                shifted[shift:] = WHITE
-            per_bin = np.where((shifted == EDGE) | ~seen, np.nan, dist[rows, np.maximum(shifted, 0)])
-            if best is None or np.nanmean(per_bin) < np.nanmean(best[0]):
-                best = (per_bin, int(shift))
-        return best
-
-    length = product.strip_length_mm
-    plain = np.where((along > EDGE_MM) & (along < length - EDGE_MM), BASE, WHITE)
-    plain[(np.abs(along) <= EDGE_MM) | (np.abs(along - length) <= EDGE_MM)] = EDGE
-    forward, shift = fit(_labels(product, along, False, pad_index))
-    pads_up = "No strip was found in the slot: lay the dipped strip in the slot, pads up, with its handle end " \
-              "on the handle mark."
-    turn = "put its handle end (the end without pads) on the handle mark and read again."
-    alternatives = [
-        (fit(np.where(np.abs(along) <= EDGE_MM, EDGE, WHITE))[0], "strip_not_found", pads_up),
-        (fit(plain)[0], "strip_reversed", "The strip's pads are facing down: turn the strip pads up, with its "
-                                          "handle end on the handle mark, and read again."),
-        (fit(_labels(product, along, True, pad_index))[0], "strip_reversed", "The strip is the wrong way round "
-                                                                              "(or cannot be told apart): " + turn),
-    ]
-    for other in products[1:]:
-        for rev in (False, True):
-            alternatives.append((fit(_labels(other, along, rev, pad_index))[0], "wrong_strip",
-                                 f"This looks like a different strip ({other.name}), not the {product.name} "
-                                 "this reading is set for: use the right strip or choose its product."))
-    margins = [_excess(forward, alt) for alt, _, _ in alternatives]
+    h = _hypotheses(card, product)
+    d2 = ((profile_lab[:, None, :] - h.references[None, :, :]) ** 2).sum(axis=-1)
+    dist = np.minimum(np.sqrt(np.minimum.reduceat(d2, h.starts, axis=1)), COST_CAP)   # (bins, refs)
+    per_bin = dist[np.arange(len(profile_lab)), np.maximum(h.labels, 0)]             # (hyp, shifts, bins)
+    per_bin[(h.labels == EDGE) | ~seen] = np.nan
+    best_shift = np.argmin(np.nanmean(per_bin, axis=2), axis=1)
+    fits = per_bin[np.arange(len(per_bin)), best_shift]                              # (hyp, bins)
+    margins = [_excess(fits[0], alternative) for alternative in fits[1:]]
     closest = int(np.argmin(margins))
     if margins[closest] < MIN_MARGIN:
-        _, code, message = alternatives[closest]
-        raise ReadError(code, message)
-    cost = float(np.nanmean(forward))
+        raise ReadError(*h.refusals[closest])
+    cost = float(np.nanmean(fits[0]))
     if cost > MAX_MATCH_COST:
         raise ReadError("wrong_strip", f"The strip does not match the {product.name}: use the right strip "
                                        "or choose its product.")
-    return StripMatch(shift * STEP_MM, cost, margins[2])
+    return StripMatch(float(SHIFTS[best_shift[0]]) * STEP_MM, cost, margins[REVERSED - 1])

@@ -17,7 +17,7 @@ import numpy as np
 
 from calibration import detect, illumination, sampling
 from calibration.colour import hex_to_lab_d50
-from calibration.correction import fit_correction
+from calibration.correction import DEFAULT_TERMS, fit_correction
 from calibration.errors import ReadError
 from calibration.specs import Card, Product
 from calibration.strip import match_strip, profile_points
@@ -112,6 +112,7 @@ class Reader:
     product: Product
     model: PadModel
     calibration_id: str = "factory"
+    correction_terms: str = DEFAULT_TERMS
 
     def __post_init__(self):
         self._neutral = np.array([p.role == "neutral" for p in self.card.patches])
@@ -161,12 +162,12 @@ class Reader:
             raise ReadError("glare", "Light is reflecting off the card: close the lid and read again.")
         patch_rel = field.relative(patches.rgb, self._patch_centers)
         correction = fit_correction(patch_rel[usable], self.card.patch_lab[usable], self._neutral[usable],
-                                    white=not field.white_clipped)
+                                    white=not field.white_clipped, terms=self.correction_terms)
 
         profile = sampling.robust_colours(sampling.sample(image, pose, self._profile_points))
         profile_lab = correction.to_lab(field.relative(profile.rgb, self._profile_xy))
         seen = ~field.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE)
-        match = match_strip(self.card, self.product, self._along, profile_lab, seen)
+        match = match_strip(self.card, self.product, profile_lab, seen)
 
         pad_xy = self.card.slot_to_card(np.array([p.center_mm for p in self.product.pads]) + match.shift_mm)
         pad_half = PATCH_INNER * min(p.size_mm for p in self.product.pads) / 2

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from calibration import illumination, sampling
+from calibration.colour import linear_to_srgb
+from calibration.detect import CardPose
+from calibration.errors import ReadError
+
+
+def test_square_grid_covers_the_region_about_one_point_per_pixel():
+    grid = sampling.square_grid(np.array([[10.0, 20.0]]), 1.5, px_per_mm=4.0)
+    assert grid.shape == (1, 144, 2)
+    assert np.allclose(grid[0].min(0), [8.5, 18.5]) and np.allclose(grid[0].max(0), [11.5, 21.5])
+
+
+def test_sample_reads_through_the_homography_and_returns_rgb():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[40:60, 100:140] = (10, 20, 200)                     # BGR: red
+    pose = CardPose(np.array([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 1]]), 10.0, 4, 0.0)  # 10 px per mm
+    values = sampling.sample(image, pose, sampling.square_grid(np.array([[12.0, 5.0]]), 0.5, 10.0))
+    assert np.allclose(values[0], np.array([200, 20, 10]) / 255, atol=1e-6)
+
+
+def test_highlights_and_clipped_pixels_do_not_move_the_median():
+    rng = np.random.default_rng(0)
+    pad = np.array([0.55, 0.40, 0.30]) + rng.normal(0, 0.01, (1, 400, 3))
+    with_glare = pad.copy()
+    with_glare[0, :120] = 1.0                                  # 30 % blown out
+    with_glare[0, 120:160] = pad[0, 120:160] + 0.3             # a bright sheen, not clipped
+    clean = sampling.robust_colours(pad.astype(np.float32))
+    glared = sampling.robust_colours(with_glare.astype(np.float32))
+    assert np.abs(glared.rgb - clean.rgb).max() < 0.01
+    assert glared.specular[0] == pytest.approx(0.4, abs=0.02)
+    assert glared.clipped[0] == pytest.approx(0.3, abs=0.01)
+    assert clean.specular[0] < 0.02
+
+
+def _white(card, gain, *, glare_at=None, shadow_x=None):
+    points = illumination.white_points(card)
+    x, y = points[:, 0] / card.size_mm[0], points[:, 1] / card.size_mm[1]
+    light = gain * (1.0 - 0.25 * x + 0.1 * y * y)[:, None] * np.array([1.0, 0.9, 0.7])
+    if glare_at is not None:
+        d = np.linalg.norm(points - glare_at, axis=1)
+        light = light + 2.0 * np.exp(-0.5 * (d / 5.0) ** 2)[:, None]
+    if shadow_x is not None:
+        light = np.where((points[:, 0] > shadow_x)[:, None], light * 0.6, light)
+    encoded = linear_to_srgb(np.clip(light, 0, 1))
+    return encoded, (encoded >= sampling.CLIPPED).mean(axis=1)
+
+
+def test_illumination_field_follows_a_smooth_gradient(card):
+    rgb, clipped = _white(card, 0.7)
+    field = illumination.fit_illumination(card, rgb, clipped)
+    assert field.rms_residual < 0.01 and not field.white_clipped and field.glare_fraction == 0
+    at = np.array([[20.0, 25.0], [120.0, 25.0]])
+    expected = 0.7 * (1.0 - 0.25 * at[:, :1] / 140 + 0.1 * 0.25) * np.array([1.0, 0.9, 0.7])
+    assert np.allclose(field.white_at(at), expected, rtol=0.02)
+    # a patch of 50 % grey seen there comes out at 0.5 relative to the local white
+    assert np.allclose(field.relative(linear_to_srgb(0.5 * expected), at), 0.5, rtol=0.02)
+
+
+def test_a_highlight_is_mapped_as_glare_not_fitted_as_light(card):
+    rgb, clipped = _white(card, 0.7, glare_at=np.array([60.0, 20.0]))
+    field = illumination.fit_illumination(card, rgb, clipped)
+    assert field.glare_near(np.array([[60.0, 25.0]]))[0]
+    assert not field.glare_near(np.array([[125.0, 25.0]]))[0]
+    assert not field.white_clipped          # clipping inside a highlight is not saturated paper
+    assert np.allclose(field.white_at(np.array([[60.0, 25.0]])), 0.7 * np.array([1.0, 0.9, 0.7]) *
+                       (1.0 - 0.25 * 60 / 140 + 0.1 * 0.25), rtol=0.03)
+
+
+def test_a_shadow_across_the_card_fails_calibration(card):
+    rgb, clipped = _white(card, 0.7, shadow_x=90.0)
+    with pytest.raises(ReadError) as err:
+        illumination.fit_illumination(card, rgb, clipped)
+    assert err.value.code == "calibration_failed"
+
+
+def test_saturated_white_gives_a_flat_field_without_the_white_anchor(card):
+    rgb, clipped = _white(card, 1.6)
+    field = illumination.fit_illumination(card, rgb, clipped)
+    assert field.white_clipped and np.allclose(field.white_at(np.array([[50.0, 25.0]])), 1.0)
