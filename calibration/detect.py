@@ -21,6 +21,7 @@ MAX_REPROJECTION_MM = 0.6  # corners further off than this: card bent or a false
 MIN_SHARPNESS = 0.8        # 1/mm: edge slope / contrast; below it the blur spreads over > ~0.5 mm
 EDGE_HALF_WIDTH_MM = 2.0   # edge profiles span +-2 mm
 _EDGE_SAMPLES = 41
+BLURRED_MESSAGE = "The photo is blurred: keep the reader still and the card flat, then read again."
 OUTLINE_WORK_PX = 480      # the card outline is found on a frame this size (it is large and plain)
 
 
@@ -83,8 +84,7 @@ def find_card(gray: np.ndarray, card: Card) -> CardPose:
     if len(matched) < MIN_MARKERS:
         outline = outline_sharpness(gray, card)
         if outline is not None and outline < MIN_SHARPNESS:
-            raise ReadError("blurred", "The photo is blurred: keep the reader still and make sure the "
-                                       "card lies flat in the tray, then read again.")
+            raise ReadError("blurred", BLURRED_MESSAGE)
         raise ReadError("card_not_found", "The reference card was not found: place the card flat in the "
                                           "tray with all four corner squares visible, then read again.")
     mm = np.concatenate([_marker_corners_mm(card, k) for k, _ in matched])

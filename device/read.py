@@ -11,6 +11,7 @@ import os
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -35,6 +36,9 @@ PATCH_GLARE_DROP = 0.3
 PATCH_GLARE_RADIUS_MM = 9.0  # a highlight on the white this close to a patch's centre reaches into it
 PAD_GLARE_MESSAGE = ("Light is reflecting off the strip's pads: close the lid and keep the strip flat, "
                      "then read again within its read time.")
+TOO_DARK_MESSAGE = "The photo is too dark: close the lid so the reader's light is on the strip, then read again."
+OVEREXPOSED_MESSAGE = ("The photo is too bright: close the lid and keep direct light off the reader, "
+                       "then read again.")
 
 
 def software_version() -> str:
@@ -45,6 +49,7 @@ def software_version() -> str:
         return "0+source"
 
 
+@lru_cache(maxsize=1)
 def device_id() -> str:
     """Stable id of this reader: configured, else derived from the machine id (never a name)."""
     configured = os.environ.get("STRIPREAD_DEVICE_ID")
@@ -98,11 +103,9 @@ def _check_exposure(gray: np.ndarray) -> None:
     """Whole-frame checks that come first, because a black or white frame also hides the card."""
     small = gray[::8, ::8]
     if np.percentile(small, 99) < 255 * DARK_FRAME:
-        raise ReadError("too_dark", "The photo is too dark: close the lid so the reader's light is on the "
-                                    "strip, then read again.")
+        raise ReadError("too_dark", TOO_DARK_MESSAGE)
     if np.mean(small >= 250) > 0.5:
-        raise ReadError("overexposed", "The photo is too bright: close the lid and keep direct light off "
-                                       "the reader, then read again.")
+        raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
 
 
 @dataclass
@@ -117,10 +120,13 @@ class Reader:
     def __post_init__(self):
         self._neutral = np.array([p.role == "neutral" for p in self.card.patches])
         self._patch_centers = np.array([p.center_mm for p in self.card.patches])
+        self._patch_half = PATCH_INNER * min(p.size_mm for p in self.card.patches) / 2
         self._white_points = illumination.white_points(self.card)
-        self._along, self._profile_points = profile_points(self.card)
-        self._profile_xy = self.card.slot_to_card(self._along)
-        self._nominal_pad_xy = self.card.slot_to_card(np.array([p.center_mm for p in self.product.pads]))
+        along, self._profile_points = profile_points(self.card)
+        self._profile_xy = self.card.slot_to_card(along)
+        self._pad_offsets = np.array([p.center_mm for p in self.product.pads])
+        self._pad_half = PATCH_INNER * min(p.size_mm for p in self.product.pads) / 2
+        self._nominal_pad_xy = self.card.slot_to_card(self._pad_offsets)
         self._base_lab = hex_to_lab_d50(self.product.strip_base_srgb)
 
     def read(self, data: bytes, captured_at: datetime | None = None) -> dict:
@@ -140,38 +146,59 @@ class Reader:
         pose = detect.find_card(gray, self.card)
         sharpness = detect.marker_sharpness(gray, self.card, pose)
         if sharpness < detect.MIN_SHARPNESS:
-            raise ReadError("blurred", "The photo is blurred: keep the reader still and the card flat, "
-                                       "then read again.")
+            raise ReadError("blurred", detect.BLURRED_MESSAGE)
+        field, correction = self._calibrate(image, pose)
+        match = self._locate_strip(image, pose, field, correction)
+        analytes, pad_glare = self._read_pads(image, pose, field, correction, match.shift_mm)
+        qc = {"card_id": self.card.id,
+              "color_residual_de00": round(correction.residual_de00, 3),
+              "color_residual_max_de00": round(correction.worst_de00, 3),
+              "glare_fraction": round(max(field.glare_fraction, pad_glare), 4),
+              "sharpness": round(sharpness, 3),
+              "illumination_rms": round(field.rms_residual, 4),
+              "markers_found": pose.markers_found,
+              "reprojection_mm": round(pose.reprojection_mm, 3),
+              "px_per_mm": round(pose.px_per_mm / scale, 2),
+              "strip_shift_mm": match.shift_mm,
+              "strip_match_de00": round(match.cost, 2),
+              "strip_reversed_margin": round(match.reversed_margin, 1)}
+        return {"analytes": analytes, "qc": qc}
+
+    def _calibrate(self, image: np.ndarray, pose: detect.CardPose):
+        """The light across the card from its white, then the colour correction from its patches."""
         ppm = pose.px_per_mm
-        white_grid = sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)
-        patch_grid = sampling.square_grid(self._patch_centers, PATCH_INNER * self.card.patches[0].size_mm / 2, ppm)
-        white = sampling.robust_colours(sampling.sample(image, pose, white_grid))
+        white = sampling.robust_colours(sampling.sample(
+            image, pose, sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)))
         if np.median(white.rgb.mean(axis=1)) < TOO_DARK:
-            raise ReadError("too_dark", "The photo is too dark: close the lid so the reader's light is on "
-                                        "the strip, then read again.")
+            raise ReadError("too_dark", TOO_DARK_MESSAGE)
         field = illumination.fit_illumination(self.card, white.rgb, white.clipped)
         if np.any(field.glare_near(self._nominal_pad_xy)):
             raise ReadError("glare", PAD_GLARE_MESSAGE)
-        patches = sampling.robust_colours(sampling.sample(image, pose, patch_grid))
+        patches = sampling.robust_colours(sampling.sample(
+            image, pose, sampling.square_grid(self._patch_centers, self._patch_half, ppm)))
         if np.mean(patches.clipped[~self._neutral] > 0.5) > OVEREXPOSED_PATCHES or \
                 np.sum(patches.clipped[self._neutral] > 0.5) > 1:
-            raise ReadError("overexposed", "The photo is too bright: the card's light colours are washed out. "
-                                           "Close the lid and keep direct light off the reader, then read again.")
+            raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
         usable = (patches.specular <= PATCH_GLARE_DROP) & ~field.glare_near(self._patch_centers, PATCH_GLARE_RADIUS_MM)
         if usable.sum() < 16 or (usable & self._neutral).sum() < 3:
             raise ReadError("glare", "Light is reflecting off the card: close the lid and read again.")
         patch_rel = field.relative(patches.rgb, self._patch_centers)
         correction = fit_correction(patch_rel[usable], self.card.patch_lab[usable], self._neutral[usable],
                                     white=not field.white_clipped, terms=self.correction_terms)
+        return field, correction
 
+    def _locate_strip(self, image, pose, field, correction):
+        """The strip's profile along the slot, matched against the product and every alternative."""
         profile = sampling.robust_colours(sampling.sample(image, pose, self._profile_points))
         profile_lab = correction.to_lab(field.relative(profile.rgb, self._profile_xy))
         seen = ~field.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE)
-        match = match_strip(self.card, self.product, profile_lab, seen)
+        return match_strip(self.card, self.product, profile_lab, seen)
 
-        pad_xy = self.card.slot_to_card(np.array([p.center_mm for p in self.product.pads]) + match.shift_mm)
-        pad_half = PATCH_INNER * min(p.size_mm for p in self.product.pads) / 2
-        pads = sampling.robust_colours(sampling.sample(image, pose, sampling.square_grid(pad_xy, pad_half, ppm)))
+    def _read_pads(self, image, pose, field, correction, shift_mm: float) -> tuple[list[dict], float]:
+        """Each pad's corrected colour through the pad model, as result entries; and the pads' glare."""
+        pad_xy = self.card.slot_to_card(self._pad_offsets + shift_mm)
+        pads = sampling.robust_colours(sampling.sample(
+            image, pose, sampling.square_grid(pad_xy, self._pad_half, pose.px_per_mm)))
         if np.any(pads.specular > PAD_GLARE_REFUSE) or np.any(field.glare_near(pad_xy)):
             raise ReadError("glare", PAD_GLARE_MESSAGE)
         pad_lab = correction.to_lab(field.relative(pads.rgb, pad_xy))
@@ -184,19 +211,7 @@ class Reader:
             analytes.append({"analyte": pad.analyte, "loinc": pad.loinc, "level": reading.level,
                              "value": reading.value, "unit": pad.unit, "confidence": reading.confidence,
                              "flags": reading.flags, "chart_distance_de00": reading.chart_distance_de00})
-        qc = {"card_id": self.card.id,
-              "color_residual_de00": round(correction.residual_de00, 3),
-              "color_residual_max_de00": round(correction.worst_de00, 3),
-              "glare_fraction": round(max(field.glare_fraction, float(pads.specular.mean())), 4),
-              "sharpness": round(sharpness, 3),
-              "illumination_rms": round(field.rms_residual, 4),
-              "markers_found": pose.markers_found,
-              "reprojection_mm": round(pose.reprojection_mm, 3),
-              "px_per_mm": round(ppm / scale, 2),
-              "strip_shift_mm": match.shift_mm,
-              "strip_match_de00": round(match.cost, 2),
-              "strip_reversed_margin": round(match.reversed_margin, 1)}
-        return {"analytes": analytes, "qc": qc}
+        return analytes, float(pads.specular.mean())
 
     def _provenance(self, data: bytes, captured_at: datetime | None) -> dict:
         now = datetime.now(timezone.utc)
