@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibration.colour import WHITE_D50, delta_e_2000, lab_to_xyz, xyz_to_lab
+from calibration.colour import delta_e_2000, lab_to_xyz, xyz_to_lab
 from calibration.errors import ReadError
 
 MAX_RESIDUAL_DE00 = 4.0    # held-out mean CIEDE2000 above which no pad reading is trusted
@@ -66,37 +66,31 @@ class ColourCorrection:
         return xyz_to_lab(np.clip(self.to_xyz(rel), 0, None))
 
 
-def _fit(rel: np.ndarray, xyz: np.ndarray, neutral: np.ndarray, white: bool,
-         terms_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Tone curves from the neutrals, then the matrix, weighted so each patch counts by its relative
-    (not absolute) error, as the eye does. With `white`, the card white (1 by construction of the
-    relative colours) anchors both."""
+def _fit(rel: np.ndarray, xyz: np.ndarray, neutral: np.ndarray, terms_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Tone curves from the neutrals (log Y = a u + b u^2 + c per channel; the offset c, an
+    exposure, is left to the matrix), then the matrix, weighted so each patch counts by its relative
+    (not absolute) error, as the eye does. The card's white is not a target: paper is rarely the
+    ideal white the card file names, and a fit anchored to it measured worse (see README)."""
     tone = np.empty((3, 2))
     y = np.log(np.clip(xyz[neutral, 1], _FLOOR, None))
     for c in range(3):
-        design = _tone_design(rel[neutral, c])
-        if not white:   # unknown white level: a free offset in log space
-            design = np.column_stack([design, np.ones(len(design))])
-        a, b = np.linalg.lstsq(design, y, rcond=None)[0][:2]
+        u = _tone_design(rel[neutral, c])
+        ones = np.ones((len(u), 1))
+        a, b, _ = np.linalg.lstsq(np.hstack([u, ones]), y, rcond=None)[0]
         # keep the curve monotone over the usable range u in [-5, 0]: slope a + 2 b u > 0
         if a + 2 * b * -5.0 <= 0.2 or a <= 0.2:
-            a, b = float(np.dot(design[:, 0], y) / np.dot(design[:, 0], design[:, 0])), 0.0
+            a, b = float(np.linalg.lstsq(np.hstack([u[:, :1], ones]), y, rcond=None)[0][0]), 0.0
         tone[c] = a, b
     lin = np.exp(np.einsum("nck,ck->nc", _tone_design(rel), tone))
-    model = TERMS[terms_name]
-    terms, target = model(lin), xyz
-    if white:
-        terms, target = np.vstack([terms, model(np.ones(3))]), np.vstack([xyz, WHITE_D50])
-    weight = 1.0 / np.sqrt(np.clip(target[:, 1], 0.02, None))
-    if white:
-        weight[-1] *= 3.0
+    terms = TERMS[terms_name](lin)
+    weight = 1.0 / np.sqrt(np.clip(xyz[:, 1], 0.02, None))
     a = terms * weight[:, None]
-    matrix = np.linalg.solve(a.T @ a + _RIDGE * np.eye(terms.shape[1]), a.T @ (target * weight[:, None]))
+    matrix = np.linalg.solve(a.T @ a + _RIDGE * np.eye(terms.shape[1]), a.T @ (xyz * weight[:, None]))
     return tone, matrix
 
 
 def fit_correction(rel: np.ndarray, reference_lab: np.ndarray, neutral: np.ndarray,
-                   white: bool = True, terms: str = DEFAULT_TERMS) -> ColourCorrection:
+                   terms: str = DEFAULT_TERMS) -> ColourCorrection:
     """Fit on all patches; report the cross-validated residual; raise `calibration_failed` if it is
     too high for pad colours to be trusted. Folds interleave the card order, so each fold holds out
     at most one or two neutrals and patches from both rows."""
@@ -105,10 +99,10 @@ def fit_correction(rel: np.ndarray, reference_lab: np.ndarray, neutral: np.ndarr
     fold = np.arange(len(rel)) % FOLDS
     for k in range(FOLDS):
         out = fold == k
-        tone, matrix = _fit(rel[~out], xyz[~out], neutral[~out], white, terms)
+        tone, matrix = _fit(rel[~out], xyz[~out], neutral[~out], terms)
         held_out[out] = ColourCorrection(tone, matrix, 0.0, 0.0, terms).to_lab(rel[out])
     errors = delta_e_2000(held_out, reference_lab)
-    tone, matrix = _fit(rel, xyz, neutral, white, terms)
+    tone, matrix = _fit(rel, xyz, neutral, terms)
     correction = ColourCorrection(tone, matrix, float(errors.mean()), float(errors.max()), terms)
     if not np.isfinite(correction.residual_de00) or correction.residual_de00 > MAX_RESIDUAL_DE00:
         raise ReadError("calibration_failed", "The card's colours could not be matched (the card may be "

@@ -85,7 +85,7 @@ def _shifted(labels: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class _Hypotheses:
     """Everything about the slot that does not depend on the photo, built once per card and product."""
-    references: np.ndarray      # (points, 3) CIELAB: card white, strip base, then every chart's path
+    references: np.ndarray      # (points, 3) CIELAB: card white (placeholder), strip base, every chart's path
     starts: np.ndarray          # first row of each reference in `references`
     labels: np.ndarray          # (hypotheses, shifts, bins) reference index per bin, EDGE to ignore
     refusals: tuple             # (code, message) for hypotheses 1.. (0 is the product the right way)
@@ -95,7 +95,7 @@ class _Hypotheses:
 def _hypotheses(card: Card, product: Product) -> _Hypotheses:
     along, _ = profile_points(card)
     products = (product,) + _other_products(product.id)
-    references = [hex_to_lab_d50(card.background_srgb)[None], hex_to_lab_d50(product.strip_base_srgb)[None]]
+    references = [np.zeros((1, 3)), hex_to_lab_d50(product.strip_base_srgb)[None]]
     pad_index = {}
     for p in products:
         for pad in p.pads:
@@ -140,12 +140,16 @@ def _excess(better: np.ndarray, worse: np.ndarray) -> float:
     return float(np.sum(worse[both] - better[both]) * STEP_MM)
 
 
-def match_strip(card: Card, product: Product, profile_lab: np.ndarray, seen: np.ndarray) -> StripMatch:
+def match_strip(card: Card, product: Product, profile_lab: np.ndarray, seen: np.ndarray,
+                white_lab: np.ndarray) -> StripMatch:
     """Decide from the slot profile (bins, 3) that the expected strip lies the right way round, or
     raise `strip_not_found`, `strip_reversed` or `wrong_strip`. Bins not `seen` (under glare) are
-    left out of every comparison."""
+    left out of every comparison; `white_lab` is the card's paper as measured in this photo (real
+    paper is not the ideal white of the card file, and the strip's base is nearly white too)."""
     h = _hypotheses(card, product)
-    d2 = ((profile_lab[:, None, :] - h.references[None, :, :]) ** 2).sum(axis=-1)
+    references = h.references.copy()
+    references[0] = white_lab
+    d2 = ((profile_lab[:, None, :] - references[None, :, :]) ** 2).sum(axis=-1)
     dist = np.minimum(np.sqrt(np.minimum.reduceat(d2, h.starts, axis=1)), COST_CAP)   # (bins, refs)
     per_bin = dist[np.arange(len(profile_lab)), np.maximum(h.labels, 0)]             # (hyp, shifts, bins)
     per_bin[(h.labels == EDGE) | ~seen] = np.nan

@@ -156,6 +156,7 @@ class Reader:
               "glare_fraction": round(max(field.glare_fraction, pad_glare), 4),
               "sharpness": round(sharpness, 3),
               "illumination_rms": round(field.rms_residual, 4),
+              "white_saturated": field.white_clipped,
               "markers_found": pose.markers_found,
               "reprojection_mm": round(pose.reprojection_mm, 3),
               "px_per_mm": round(pose.px_per_mm / scale, 2),
@@ -184,7 +185,7 @@ class Reader:
             raise ReadError("glare", "Light is reflecting off the card: close the lid and read again.")
         patch_rel = field.relative(patches.rgb, self._patch_centers)
         correction = fit_correction(patch_rel[usable], self.card.patch_lab[usable], self._neutral[usable],
-                                    white=not field.white_clipped, terms=self.correction_terms)
+                                    terms=self.correction_terms)
         return field, correction
 
     def _locate_strip(self, image, pose, field, correction):
@@ -192,7 +193,8 @@ class Reader:
         profile = sampling.robust_colours(sampling.sample(image, pose, self._profile_points))
         profile_lab = correction.to_lab(field.relative(profile.rgb, self._profile_xy))
         seen = ~field.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE)
-        return match_strip(self.card, self.product, profile_lab, seen)
+        white_lab = correction.to_lab(np.ones((1, 3)))[0]   # the card's paper, as this photo shows it
+        return match_strip(self.card, self.product, profile_lab, seen, white_lab)
 
     def _read_pads(self, image, pose, field, correction, shift_mm: float) -> tuple[list[dict], float]:
         """Each pad's corrected colour through the pad model, as result entries; and the pads' glare."""

@@ -226,3 +226,20 @@ def test_out_of_gamut_colour_is_measured_in_ciede2000():
     for a in result["analytes"]:
         level_lab = product.pad(a["analyte"]).level_lab
         assert a["chart_distance_de00"] <= float(delta_e_2000(level_lab[0], level_lab[-1]))
+
+
+@pytest.mark.parametrize("fault,expected", [(None, "ok"), ("no_strip", "strip_not_found"),
+                                            ("pads_down", "strip_reversed")])
+def test_paper_darker_than_the_card_file_says(fault, expected):
+    """Real paper reflects ~90 %, not the ideal white of card-v1: readings and the slot checks (the
+    strip's base is nearly white too) must not depend on the paper's absolute colour."""
+    import dataclasses
+    card = load_card()
+    dim = dataclasses.replace(card, background_srgb="EBEBEB")
+    rng = np.random.default_rng(50)
+    spec = scene.random_scene(rng, product="generic-10", card=dim, fault=fault)
+    data, truth = scene.photograph(spec, rng)
+    result = reader("generic-10").read(data)
+    assert result.get("error", {}).get("code", "ok") == expected
+    if expected == "ok":
+        assert sum(level == truth.pads[a].level for a, level in _levels(result).items()) >= 9
