@@ -11,7 +11,6 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from calibration.card_art import aruco_dictionary
 from calibration.errors import ReadError
 from calibration.specs import Card
 

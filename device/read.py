@@ -1,8 +1,8 @@
-"""One photo in, one `stripread.read/1` result out: decode -> find the card -> check the image ->
-flatten the light -> correct colour -> find the strip -> read the pads.
+"""One photo in, one `stripread.read/1` result out: the calibrated observation of the strip
+(`calibration.observe`) through the pad model (`models`), with its QC figures and provenance.
 
-Everything the result depends on is recorded in its provenance. Failures are `ReadError`s with a
-code from the schema; nothing else is expected to escape (the CLI reports it as `internal`).
+Failures are `ReadError`s with a code from the schema, returned as `status: error` results;
+nothing else is expected to escape (the CLI reports it as `internal`).
 """
 from __future__ import annotations
 
@@ -13,32 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 
-import cv2
-import numpy as np
-
-from calibration import detect, illumination, sampling
-from calibration.colour import hex_to_lab_d50
-from calibration.correction import DEFAULT_TERMS, fit_correction
+from calibration.correction import DEFAULT_TERMS
 from calibration.errors import ReadError
+from calibration.observe import StripObserver
 from calibration.specs import Card, Product
-from calibration.strip import match_strip, profile_points
-from models.pads import PadModel, StripObservation
+from models.pads import PadModel
 
 SCHEMA = "stripread.read/1"
-WORK_LONG_SIDE = 2100        # decode larger JPEGs at 1/2 or 1/4 scale: pads stay >= 14 px wide
-PATCH_INNER = 0.6            # fraction of a patch or pad side that is sampled (edges bleed)
-TOO_DARK = 80 / 255          # card white darker than this: too few grey levels left to tell pads apart
-DARK_FRAME = 45 / 255        # a whole frame this dark hides the card too: said before looking for it
-OVEREXPOSED_PATCHES = 0.15   # fraction of chromatic patches clipped; or two neutrals
-PAD_GLARE_REFUSE = 0.4       # a pad with more highlight than this cannot be read
-PAD_GLARE_FLAG = 0.05
-PATCH_GLARE_DROP = 0.3
-PATCH_GLARE_RADIUS_MM = 9.0  # a highlight on the white this close to a patch's centre reaches into it
-PAD_GLARE_MESSAGE = ("Light is reflecting off the strip's pads: close the lid and keep the strip flat, "
-                     "then read again within its read time.")
-TOO_DARK_MESSAGE = "The photo is too dark: close the lid so the reader's light is on the strip, then read again."
-OVEREXPOSED_MESSAGE = ("The photo is too bright: close the lid and keep direct light off the reader, "
-                       "then read again.")
+PAD_GLARE_FLAG = 0.05        # pads with more highlight than this (but readable) are flagged `glare`
 
 
 def software_version() -> str:
@@ -63,51 +45,6 @@ def device_id() -> str:
     return "sr-" + hashlib.sha256(seed.encode()).hexdigest()[:12]
 
 
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG SOF or PNG IHDR header, without decoding."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    i = 2
-    while data[:2] == b"\xff\xd8" and i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
-
-
-def decode(data: bytes) -> tuple[np.ndarray, float]:
-    """BGR image and the decode scale (1, 1/2, 1/4). Refuses truncated files, which OpenCV would
-    otherwise decode with a grey bottom."""
-    size = _image_size(data)
-    complete = (data[:2] == b"\xff\xd8" and data.rstrip(b"\x00").endswith(b"\xff\xd9")) or \
-               (data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" in data[-16:])
-    if size is None or not complete:
-        raise ReadError("image_unreadable", "The photo could not be read (not a complete JPEG or PNG): "
-                                            "take the photo again.")
-    long_side = max(size)
-    scale, flag = 1.0, cv2.IMREAD_COLOR
-    if data[:2] == b"\xff\xd8" and long_side >= 2 * WORK_LONG_SIDE:
-        scale, flag = 0.25, cv2.IMREAD_REDUCED_COLOR_4
-    elif data[:2] == b"\xff\xd8" and long_side >= WORK_LONG_SIDE - 100:
-        scale, flag = 0.5, cv2.IMREAD_REDUCED_COLOR_2
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if image is None or image.ndim != 3:
-        raise ReadError("image_unreadable", "The photo could not be read: take the photo again.")
-    return image, scale
-
-
-def _check_exposure(gray: np.ndarray) -> None:
-    """Whole-frame checks that come first, because a black or white frame also hides the card."""
-    small = gray[::8, ::8]
-    if np.percentile(small, 99) < 255 * DARK_FRAME:
-        raise ReadError("too_dark", TOO_DARK_MESSAGE)
-    if np.mean(small >= 250) > 0.5:
-        raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
-
-
 @dataclass
 class Reader:
     """The read path configured with a card, a product and a pad model; reusable across photos."""
@@ -118,102 +55,26 @@ class Reader:
     correction_terms: str = DEFAULT_TERMS
 
     def __post_init__(self):
-        self._neutral = np.array([p.role == "neutral" for p in self.card.patches])
-        self._patch_centers = np.array([p.center_mm for p in self.card.patches])
-        self._patch_half = PATCH_INNER * min(p.size_mm for p in self.card.patches) / 2
-        self._white_points = illumination.white_points(self.card)
-        along, self._profile_points = profile_points(self.card)
-        self._profile_xy = self.card.slot_to_card(along)
-        self._pad_offsets = np.array([p.center_mm for p in self.product.pads])
-        self._pad_half = PATCH_INNER * min(p.size_mm for p in self.product.pads) / 2
-        self._nominal_pad_xy = self.card.slot_to_card(self._pad_offsets)
-        self._base_lab = hex_to_lab_d50(self.product.strip_base_srgb)
+        self._observer = StripObserver(self.card, self.product, self.correction_terms)
 
     def read(self, data: bytes, captured_at: datetime | None = None) -> dict:
         """The result object for one photo; errors become `status: error` results."""
         provenance = self._provenance(data, captured_at)
         try:
-            body = self._read(data)
+            observation = self._observer.observe(data)
+            readings = self.model.read(observation)
         except ReadError as err:
             return {"schema": SCHEMA, "status": "error", "error": {"code": err.code, "message": err.message},
                     "product": self.product.id, "provenance": provenance}
-        return {"schema": SCHEMA, "status": "ok", "product": self.product.id, **body, "provenance": provenance}
-
-    def _read(self, data: bytes) -> dict:
-        image, scale = decode(data)
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        _check_exposure(gray)
-        pose = detect.find_card(gray, self.card)
-        sharpness = detect.marker_sharpness(gray, self.card, pose)
-        if sharpness < detect.MIN_SHARPNESS:
-            raise ReadError("blurred", detect.BLURRED_MESSAGE)
-        field, correction = self._calibrate(image, pose)
-        match = self._locate_strip(image, pose, field, correction)
-        analytes, pad_glare = self._read_pads(image, pose, field, correction, match.shift_mm)
-        qc = {"card_id": self.card.id,
-              "color_residual_de00": round(correction.residual_de00, 3),
-              "color_residual_max_de00": round(correction.worst_de00, 3),
-              "glare_fraction": round(max(field.glare_fraction, pad_glare), 4),
-              "sharpness": round(sharpness, 3),
-              "illumination_rms": round(field.rms_residual, 4),
-              "white_saturated": field.white_clipped,
-              "markers_found": pose.markers_found,
-              "reprojection_mm": round(pose.reprojection_mm, 3),
-              "px_per_mm": round(pose.px_per_mm / scale, 2),
-              "strip_shift_mm": match.shift_mm,
-              "strip_match_de00": round(match.cost, 2),
-              "strip_reversed_margin": round(match.reversed_margin, 1)}
-        return {"analytes": analytes, "qc": qc}
-
-    def _calibrate(self, image: np.ndarray, pose: detect.CardPose):
-        """The light across the card from its white, then the colour correction from its patches."""
-        ppm = pose.px_per_mm
-        white = sampling.robust_colours(sampling.sample(
-            image, pose, sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)))
-        if np.median(white.rgb.mean(axis=1)) < TOO_DARK:
-            raise ReadError("too_dark", TOO_DARK_MESSAGE)
-        field = illumination.fit_illumination(self.card, white.rgb, white.clipped)
-        if np.any(field.glare_near(self._nominal_pad_xy)):
-            raise ReadError("glare", PAD_GLARE_MESSAGE)
-        patches = sampling.robust_colours(sampling.sample(
-            image, pose, sampling.square_grid(self._patch_centers, self._patch_half, ppm)))
-        if np.mean(patches.clipped[~self._neutral] > 0.5) > OVEREXPOSED_PATCHES or \
-                np.sum(patches.clipped[self._neutral] > 0.5) > 1:
-            raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
-        usable = (patches.specular <= PATCH_GLARE_DROP) & ~field.glare_near(self._patch_centers, PATCH_GLARE_RADIUS_MM)
-        if usable.sum() < 16 or (usable & self._neutral).sum() < 3:
-            raise ReadError("glare", "Light is reflecting off the card: close the lid and read again.")
-        patch_rel = field.relative(patches.rgb, self._patch_centers)
-        correction = fit_correction(patch_rel[usable], self.card.patch_lab[usable], self._neutral[usable],
-                                    terms=self.correction_terms)
-        return field, correction
-
-    def _locate_strip(self, image, pose, field, correction):
-        """The strip's profile along the slot, matched against the product and every alternative."""
-        profile = sampling.robust_colours(sampling.sample(image, pose, self._profile_points))
-        profile_lab = correction.to_lab(field.relative(profile.rgb, self._profile_xy))
-        seen = ~field.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE)
-        white_lab = correction.to_lab(np.ones((1, 3)))[0]   # the card's paper, as this photo shows it
-        return match_strip(self.card, self.product, profile_lab, seen, white_lab)
-
-    def _read_pads(self, image, pose, field, correction, shift_mm: float) -> tuple[list[dict], float]:
-        """Each pad's corrected colour through the pad model, as result entries; and the pads' glare."""
-        pad_xy = self.card.slot_to_card(self._pad_offsets + shift_mm)
-        pads = sampling.robust_colours(sampling.sample(
-            image, pose, sampling.square_grid(pad_xy, self._pad_half, pose.px_per_mm)))
-        if np.any(pads.specular > PAD_GLARE_REFUSE) or np.any(field.glare_near(pad_xy)):
-            raise ReadError("glare", PAD_GLARE_MESSAGE)
-        pad_lab = correction.to_lab(field.relative(pads.rgb, pad_xy))
-        readings = self.model.read(StripObservation(self.product, pad_lab, self._base_lab,
-                                                    correction.residual_de00))
         analytes = []
-        for pad, reading, glare in zip(self.product.pads, readings, pads.specular):
+        for pad, reading, glare in zip(self.product.pads, readings, observation.pad_glare):
             if glare > PAD_GLARE_FLAG:
                 reading.flags.append("glare")
             analytes.append({"analyte": pad.analyte, "loinc": pad.loinc, "level": reading.level,
                              "value": reading.value, "unit": pad.unit, "confidence": reading.confidence,
                              "flags": reading.flags, "chart_distance_de00": reading.chart_distance_de00})
-        return analytes, float(pads.specular.mean())
+        return {"schema": SCHEMA, "status": "ok", "product": self.product.id, "analytes": analytes,
+                "qc": observation.qc, "provenance": provenance}
 
     def _provenance(self, data: bytes, captured_at: datetime | None) -> dict:
         now = datetime.now(timezone.utc)

@@ -14,18 +14,11 @@ from typing import Protocol
 import numpy as np
 
 from calibration.colour import delta_e_2000
-from calibration.specs import Pad, Product
+from calibration.observe import StripObservation
+from calibration.specs import Pad
 
 OUT_OF_GAMUT_DE00 = 10.0     # further than this from every colour of the chart: not a chart colour
 LOW_CONFIDENCE = 0.6
-
-
-@dataclass(frozen=True)
-class StripObservation:
-    product: Product
-    pad_lab: np.ndarray          # (pads, 3) CIELAB D50 after colour correction
-    base_lab: np.ndarray         # (3,) the strip's bare base, same space
-    residual_de00: float         # held-out residual of the card's colour correction
 
 
 @dataclass

@@ -1,0 +1,176 @@
+"""A photo of a strip on the reference card -> a colour-calibrated observation of its pads.
+
+Everything before the pad model: decode -> find the card -> check the image -> flatten the light ->
+correct colour -> find the strip -> pad colours in CIELAB. The read path (`device.read`) and model
+training (`models.train`) both start from here. Failures are `ReadError`s with a schema code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from calibration import detect, illumination, sampling
+from calibration.colour import hex_to_lab_d50
+from calibration.correction import DEFAULT_TERMS, fit_correction
+from calibration.errors import ReadError
+from calibration.specs import Card, Product
+from calibration.strip import match_strip, profile_points
+
+WORK_LONG_SIDE = 2100        # decode larger JPEGs at 1/2 or 1/4 scale: pads stay >= 14 px wide
+PATCH_INNER = 0.6            # fraction of a patch or pad side that is sampled (edges bleed)
+TOO_DARK = 80 / 255          # card white darker than this: too few grey levels left to tell pads apart
+DARK_FRAME = 45 / 255        # a whole frame this dark hides the card too: said before looking for it
+OVEREXPOSED_PATCHES = 0.15   # fraction of chromatic patches clipped; or two neutrals
+PAD_GLARE_REFUSE = 0.4       # a pad with more highlight than this cannot be read
+PATCH_GLARE_DROP = 0.3
+PATCH_GLARE_RADIUS_MM = 9.0  # a highlight on the white this close to a patch's centre reaches into it
+PAD_GLARE_MESSAGE = ("Light is reflecting off the strip's pads: close the lid and keep the strip flat, "
+                     "then read again within its read time.")
+TOO_DARK_MESSAGE = "The photo is too dark: close the lid so the reader's light is on the strip, then read again."
+OVEREXPOSED_MESSAGE = ("The photo is too bright: close the lid and keep direct light off the reader, "
+                       "then read again.")
+
+
+
+@dataclass(frozen=True)
+class StripObservation:
+    product: Product
+    pad_lab: np.ndarray          # (pads, 3) CIELAB D50 after colour correction
+    base_lab: np.ndarray         # (3,) the strip's bare base as the product file gives it
+    residual_de00: float         # held-out residual of the card's colour correction
+    pad_glare: np.ndarray = field(default_factory=lambda: np.zeros(0))   # (pads,) highlight fraction
+    qc: dict = field(default_factory=dict)                               # image and calibration figures
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG SOF or PNG IHDR header, without decoding."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    i = 2
+    while data[:2] == b"\xff\xd8" and i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def decode(data: bytes) -> tuple[np.ndarray, float]:
+    """BGR image and the decode scale (1, 1/2, 1/4). Refuses truncated files, which OpenCV would
+    otherwise decode with a grey bottom."""
+    size = _image_size(data)
+    complete = (data[:2] == b"\xff\xd8" and data.rstrip(b"\x00").endswith(b"\xff\xd9")) or \
+               (data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" in data[-16:])
+    if size is None or not complete:
+        raise ReadError("image_unreadable", "The photo could not be read (not a complete JPEG or PNG): "
+                                            "take the photo again.")
+    long_side = max(size)
+    scale, flag = 1.0, cv2.IMREAD_COLOR
+    if data[:2] == b"\xff\xd8" and long_side >= 2 * WORK_LONG_SIDE:
+        scale, flag = 0.25, cv2.IMREAD_REDUCED_COLOR_4
+    elif data[:2] == b"\xff\xd8" and long_side >= WORK_LONG_SIDE - 100:
+        scale, flag = 0.5, cv2.IMREAD_REDUCED_COLOR_2
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None or image.ndim != 3:
+        raise ReadError("image_unreadable", "The photo could not be read: take the photo again.")
+    return image, scale
+
+
+def _check_exposure(gray: np.ndarray) -> None:
+    """Whole-frame checks that come first, because a black or white frame also hides the card."""
+    small = gray[::8, ::8]
+    if np.percentile(small, 99) < 255 * DARK_FRAME:
+        raise ReadError("too_dark", TOO_DARK_MESSAGE)
+    if np.mean(small >= 250) > 0.5:
+        raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
+
+
+@dataclass
+class StripObserver:
+    """The observation steps configured with a card and a product; reusable across photos."""
+    card: Card
+    product: Product
+    correction_terms: str = DEFAULT_TERMS
+
+    def __post_init__(self):
+        self._neutral = np.array([p.role == "neutral" for p in self.card.patches])
+        self._patch_centers = np.array([p.center_mm for p in self.card.patches])
+        self._patch_half = PATCH_INNER * min(p.size_mm for p in self.card.patches) / 2
+        self._white_points = illumination.white_points(self.card)
+        along, self._profile_points = profile_points(self.card)
+        self._profile_xy = self.card.slot_to_card(along)
+        self._pad_offsets = np.array([p.center_mm for p in self.product.pads])
+        self._pad_half = PATCH_INNER * min(p.size_mm for p in self.product.pads) / 2
+        self._nominal_pad_xy = self.card.slot_to_card(self._pad_offsets)
+        self._base_lab = hex_to_lab_d50(self.product.strip_base_srgb)
+
+    def observe(self, data: bytes) -> StripObservation:
+        """Pad colours of the strip in the photo, or a `ReadError` saying what is wrong with it."""
+        image, scale = decode(data)
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        _check_exposure(gray)
+        pose = detect.find_card(gray, self.card)
+        sharpness = detect.marker_sharpness(gray, self.card, pose)
+        if sharpness < detect.MIN_SHARPNESS:
+            raise ReadError("blurred", detect.BLURRED_MESSAGE)
+        light, correction = self._calibrate(image, pose)
+        match = self._locate_strip(image, pose, light, correction)
+        pad_lab, pad_glare = self._pad_colours(image, pose, light, correction, match.shift_mm)
+        qc = {"card_id": self.card.id,
+              "color_residual_de00": round(correction.residual_de00, 3),
+              "color_residual_max_de00": round(correction.worst_de00, 3),
+              "glare_fraction": round(max(light.glare_fraction, float(pad_glare.mean())), 4),
+              "sharpness": round(sharpness, 3),
+              "illumination_rms": round(light.rms_residual, 4),
+              "white_saturated": light.white_clipped,
+              "markers_found": pose.markers_found,
+              "reprojection_mm": round(pose.reprojection_mm, 3),
+              "px_per_mm": round(pose.px_per_mm / scale, 2),
+              "strip_shift_mm": match.shift_mm,
+              "strip_match_de00": round(match.cost, 2),
+              "strip_reversed_margin": round(match.reversed_margin, 1)}
+        return StripObservation(self.product, pad_lab, self._base_lab, correction.residual_de00, pad_glare, qc)
+
+    def _calibrate(self, image: np.ndarray, pose: detect.CardPose):
+        """The light across the card from its white, then the colour correction from its patches."""
+        ppm = pose.px_per_mm
+        white = sampling.robust_colours(sampling.sample(
+            image, pose, sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)))
+        if np.median(white.rgb.mean(axis=1)) < TOO_DARK:
+            raise ReadError("too_dark", TOO_DARK_MESSAGE)
+        light = illumination.fit_illumination(self.card, white.rgb, white.clipped)
+        if np.any(light.glare_near(self._nominal_pad_xy)):
+            raise ReadError("glare", PAD_GLARE_MESSAGE)
+        patches = sampling.robust_colours(sampling.sample(
+            image, pose, sampling.square_grid(self._patch_centers, self._patch_half, ppm)))
+        if np.mean(patches.clipped[~self._neutral] > 0.5) > OVEREXPOSED_PATCHES or \
+                np.sum(patches.clipped[self._neutral] > 0.5) > 1:
+            raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
+        usable = (patches.specular <= PATCH_GLARE_DROP) & ~light.glare_near(self._patch_centers, PATCH_GLARE_RADIUS_MM)
+        if usable.sum() < 16 or (usable & self._neutral).sum() < 3:
+            raise ReadError("glare", "Light is reflecting off the card: close the lid and read again.")
+        patch_rel = light.relative(patches.rgb, self._patch_centers)
+        correction = fit_correction(patch_rel[usable], self.card.patch_lab[usable], self._neutral[usable],
+                                    terms=self.correction_terms)
+        return light, correction
+
+    def _locate_strip(self, image, pose, light, correction):
+        """The strip's profile along the slot, matched against the product and every alternative."""
+        profile = sampling.robust_colours(sampling.sample(image, pose, self._profile_points))
+        profile_lab = correction.to_lab(light.relative(profile.rgb, self._profile_xy))
+        seen = ~light.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE)
+        white_lab = correction.to_lab(np.ones((1, 3)))[0]   # the card's paper, as this photo shows it
+        return match_strip(self.card, self.product, profile_lab, seen, white_lab)
+
+    def _pad_colours(self, image, pose, light, correction, shift_mm: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each pad's corrected colour (CIELAB D50) and the fraction of it under a highlight."""
+        pad_xy = self.card.slot_to_card(self._pad_offsets + shift_mm)
+        pads = sampling.robust_colours(sampling.sample(
+            image, pose, sampling.square_grid(pad_xy, self._pad_half, pose.px_per_mm)))
+        if np.any(pads.specular > PAD_GLARE_REFUSE) or np.any(light.glare_near(pad_xy)):
+            raise ReadError("glare", PAD_GLARE_MESSAGE)
+        return correction.to_lab(light.relative(pads.rgb, pad_xy)), pads.specular
