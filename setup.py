@@ -1,6 +1,8 @@
 """stripread: a quantitative urine test-strip reader for Raspberry Pi-class devices."""
 from setuptools import setup
 
+TRAIN = ["scikit-learn>=1.3", "skl2onnx>=1.16", "onnx>=1.14"]
+
 setup(
     name="stripread",
     version="0.1.0",
@@ -9,17 +11,20 @@ setup(
     packages=["device", "calibration", "models", "firmware_bridge", "simulator"],
     package_data={
         "calibration": ["data/cards/*.json", "data/products/*.json"],
-        "models": ["data/*.json"],
+        "models": ["data/*.json", "data/*.onnx"],
         "device": ["data/*.json"],
     },
     install_requires=[
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
+        "onnxruntime>=1.16",
     ],
     extras_require={
         # picamera2 needs libcamera: on Raspberry Pi OS install apt's python3-picamera2 instead
         "pi": ["picamera2"],
-        "test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6"],
+        # retraining the pad models (stripread train); reading needs only onnxruntime
+        "train": TRAIN,
+        "test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6"] + TRAIN,
     },
     entry_points={"console_scripts": ["stripread = device.cli:main"]},
 )

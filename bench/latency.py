@@ -1,8 +1,8 @@
 """Latency and memory of one read on one core.
 
 Renders a 2028x1520 scene to JPEG, then, pinned to one CPU with OpenCV single-threaded, times
-`cv2.imdecode` of the file and a full read (decode included) of the same bytes, and reports the
-ratio; then measures the peak RSS and wall time of a fresh `stripread read` process (cold start).
+`cv2.imdecode` of the file and a full read with the shipped ONNX models (decode included) of the
+same bytes, and reports the ratio; then measures the peak RSS and wall time of a fresh `stripread read` process (cold start).
 Figures go to bench/results/latency.json.
 
     python bench/latency.py [--repeats 40]
@@ -54,11 +54,12 @@ def main(argv=None) -> int:
     cv2.setNumThreads(1)
     from calibration.specs import load_card, load_product
     from device.read import Reader
-    from models.pads import NearestChartColour
+    from models.onnx_model import OnnxPadModel
     from simulator import scene
 
     report = {}
-    reader = Reader(load_card(), load_product(), NearestChartColour())
+    product = load_product()
+    reader = Reader(load_card(), product, OnnxPadModel(product))
     with tempfile.TemporaryDirectory() as tmp:
         for width, height in ((1456, 1088), (2028, 1520), (4056, 3040)):
             rng = np.random.default_rng(args.seed)

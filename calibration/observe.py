@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 
 from calibration import detect, illumination, sampling
-from calibration.colour import hex_to_lab_d50
 from calibration.correction import DEFAULT_TERMS, fit_correction
 from calibration.errors import ReadError
 from calibration.specs import Card, Product
@@ -38,7 +37,7 @@ OVEREXPOSED_MESSAGE = ("The photo is too bright: close the lid and keep direct l
 class StripObservation:
     product: Product
     pad_lab: np.ndarray          # (pads, 3) CIELAB D50 after colour correction
-    base_lab: np.ndarray         # (3,) the strip's bare base as the product file gives it
+    base_lab: np.ndarray         # (3,) the strip's bare base as seen in this photo
     residual_de00: float         # held-out residual of the card's colour correction
     pad_glare: np.ndarray = field(default_factory=lambda: np.zeros(0))   # (pads,) highlight fraction
     qc: dict = field(default_factory=dict)                               # image and calibration figures
@@ -106,7 +105,6 @@ class StripObserver:
         self._pad_offsets = np.array([p.center_mm for p in self.product.pads])
         self._pad_half = PATCH_INNER * min(p.size_mm for p in self.product.pads) / 2
         self._nominal_pad_xy = self.card.slot_to_card(self._pad_offsets)
-        self._base_lab = hex_to_lab_d50(self.product.strip_base_srgb)
 
     def observe(self, data: bytes) -> StripObservation:
         """Pad colours of the strip in the photo, or a `ReadError` saying what is wrong with it."""
@@ -133,7 +131,7 @@ class StripObserver:
               "strip_shift_mm": match.shift_mm,
               "strip_match_de00": round(match.cost, 2),
               "strip_reversed_margin": round(match.reversed_margin, 1)}
-        return StripObservation(self.product, pad_lab, self._base_lab, correction.residual_de00, pad_glare, qc)
+        return StripObservation(self.product, pad_lab, match.base_lab, correction.residual_de00, pad_glare, qc)
 
     def _calibrate(self, image: np.ndarray, pose: detect.CardPose):
         """The light across the card from its white, then the colour correction from its patches."""

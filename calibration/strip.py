@@ -38,6 +38,7 @@ class StripMatch:
     shift_mm: float             # measured offset of the strip along the slot
     cost: float                 # mean CIELAB distance of the profile from the product's pattern
     reversed_margin: float      # how much worse the strip fits turned round (distance x mm)
+    base_lab: np.ndarray        # the strip's bare base as seen in this photo (CIELAB D50)
 
 
 def profile_points(card: Card) -> tuple[np.ndarray, np.ndarray]:
@@ -163,4 +164,6 @@ def match_strip(card: Card, product: Product, profile_lab: np.ndarray, seen: np.
     if cost > MAX_MATCH_COST:
         raise ReadError("wrong_strip", f"The strip does not match the {product.name}: use the right strip "
                                        "or choose its product.")
-    return StripMatch(float(SHIFTS[best_shift[0]]) * STEP_MM, cost, margins[REVERSED - 1])
+    bare = (h.labels[0, best_shift[0]] == BASE) & seen
+    return StripMatch(float(SHIFTS[best_shift[0]]) * STEP_MM, cost, margins[REVERSED - 1],
+                      np.median(profile_lab[bare], axis=0))

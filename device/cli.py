@@ -8,14 +8,39 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from calibration.errors import ReadError
+
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _reader(args):
+    """The read path for the command's card, product and pad model: `auto` (the product's shipped
+    trained model, or the baseline for a product that has none), `onnx`, `baseline` or a file."""
     from calibration.specs import load_card, load_product
     from device.read import Reader
-    from models.pads import NearestChartColour
-    return Reader(load_card(args.card), load_product(args.product), NearestChartColour())
+    from models.onnx_model import OnnxPadModel, default_model_path
+    product = load_product(args.product)
+    choice = args.model
+    if choice == "auto":
+        choice = "onnx" if default_model_path(product).is_file() else "baseline"
+    if choice == "baseline":
+        from models.pads import NearestChartColour
+        model = NearestChartColour()
+    else:
+        model = OnnxPadModel(product, None if choice == "onnx" else Path(choice))
+    return Reader(load_card(args.card), product, model)
+
+
+def _refusal(code: str, message: str) -> dict:
+    return {"schema": "stripread.read/1", "status": "error", "error": {"code": code, "message": message}}
+
+
+def _progress(done: int, total: int) -> None:
+    """A one-line progress bar on stderr."""
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
 
 
 def format_table(result: dict) -> str:
@@ -42,9 +67,36 @@ def cmd_read(args) -> int:
     except OSError as exc:
         data, captured = b"", None
         print(f"stripread: cannot open {path}: {exc.strerror}", file=sys.stderr)
-    result = _reader(args).read(data, captured_at=captured)
+    try:
+        result = _reader(args).read(data, captured_at=captured)
+    except ReadError as err:   # the model could not be loaded: refuse rather than misread
+        print(f"stripread: {getattr(err, 'detail', err.message)}", file=sys.stderr)
+        result = _refusal(err.code, err.message)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     return EXIT_OK if result["status"] == "ok" else EXIT_REFUSED
+
+
+def cmd_train(args) -> int:
+    """Train the pad models of a product on synthetic scenes and/or real labelled captures."""
+    from calibration.specs import load_card, load_product
+    from models import dataset, train
+    product, card = load_product(args.product), load_card(args.card)
+    parts = []
+    if args.synthetic:
+        print(f"rendering and observing {args.synthetic} synthetic scenes of {product.id}", file=sys.stderr)
+        parts.append(dataset.synthetic(args.product, args.card, args.synthetic, args.seed, args.jobs, _progress))
+    if args.data:
+        print(f"observing the labelled captures in {args.data}", file=sys.stderr)
+        parts.append(dataset.real_captures(product, card, Path(args.data), _progress))
+    if not parts:
+        print("stripread: nothing to train on: give --synthetic N and/or --data DIR", file=sys.stderr)
+        return EXIT_USAGE
+    data = dataset.merge(parts)
+    print(f"fitting models on {data.photos - data.refused} photos ({data.refused} refused)", file=sys.stderr)
+    out = train.export(train.train(data, args.seed), data, Path(args.out or f"{product.id}.onnx"))
+    print(json.dumps({"model": str(out), "bytes": out.stat().st_size, "photos": data.photos,
+                      "refused": data.refused, "training_data_sha256": data.digest()}))
+    return EXIT_OK
 
 
 def cmd_card_print(args) -> int:
@@ -80,7 +132,10 @@ def cmd_demo(args) -> int:
     spec, data, truth = _simulated_photo(args)
     print(f"Simulated reader: a {args.product} strip photographed by the '{spec.camera}' camera under "
           f"'{spec.illuminant}' light ({spec.resolution[0]}x{spec.resolution[1]}, seed {args.seed}).\n")
-    result = _reader(args).read(data, captured_at=datetime.now(timezone.utc))
+    try:
+        result = _reader(args).read(data, captured_at=datetime.now(timezone.utc))
+    except ReadError as err:
+        result = _refusal(err.code, err.message)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     if result["status"] == "ok":
         agree = sum(a["level"] == truth.pads[a["analyte"]].level for a in result["analytes"])
@@ -92,14 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stripread", description="Quantitative urine test-strip reader.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def spec_options(p):
+    def spec_options(p, model=False):
         p.add_argument("--product", default="generic-10", help="product id or product file (default generic-10)")
         p.add_argument("--card", default="card-v1", help="card id or card file (default card-v1)")
+        if model:
+            p.add_argument("--model", default="auto", help="auto (the product's shipped trained model, else the "
+                                                          "baseline), onnx, baseline (nearest chart colour) "
+                                                          "or an .onnx file")
 
     read = sub.add_parser("read", help="read one photo of a strip on the reference card")
     read.add_argument("photo")
     read.add_argument("--json", action="store_true", help="print the stripread.read/1 result object")
-    spec_options(read)
+    spec_options(read, model=True)
     read.set_defaults(func=cmd_read)
 
     card = sub.add_parser("card", help="the reference card")
@@ -113,8 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="read a photo from the built-in simulated device (no camera needed)")
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--json", action="store_true")
-    spec_options(demo)
+    spec_options(demo, model=True)
     demo.set_defaults(func=cmd_demo)
+
+    tr = sub.add_parser("train", help="train a product's pad models and export them to ONNX")
+    tr.add_argument("--synthetic", type=int, default=0, metavar="N", help="render N synthetic scenes to train on")
+    tr.add_argument("--data", help="folder of real labelled captures (photos + labels.csv, see models/dataset.py)")
+    tr.add_argument("--out", help="model file to write (default <product>.onnx)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--jobs", type=int, default=2, help="processes rendering synthetic scenes")
+    spec_options(tr)
+    tr.set_defaults(func=cmd_train)
 
     sim = sub.add_parser("simulate", help="render a synthetic photo of a strip on the card (for trying the reader)")
     sim.add_argument("--out", required=True)
@@ -136,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:  # an unexpected failure is reported, never a half-printed result
         if getattr(args, "json", False):
-            print(json.dumps({"schema": "stripread.read/1", "status": "error",
-                              "error": {"code": "internal", "message": "The reader failed unexpectedly; "
-                                        "please report it and read again."}}))
+            print(json.dumps(_refusal("internal", "The reader failed unexpectedly; please report it and "
+                                                  "read again.")))
         print(f"stripread: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
 

@@ -70,9 +70,12 @@ class Reader:
         for pad, reading, glare in zip(self.product.pads, readings, observation.pad_glare):
             if glare > PAD_GLARE_FLAG:
                 reading.flags.append("glare")
-            analytes.append({"analyte": pad.analyte, "loinc": pad.loinc, "level": reading.level,
-                             "value": reading.value, "unit": pad.unit, "confidence": reading.confidence,
-                             "flags": reading.flags, "chart_distance_de00": reading.chart_distance_de00})
+            entry = {"analyte": pad.analyte, "loinc": pad.loinc, "level": reading.level, "value": reading.value,
+                     "unit": pad.unit, "confidence": reading.confidence, "flags": reading.flags,
+                     "chart_distance_de00": reading.chart_distance_de00}
+            if reading.interval is not None:
+                entry["value_interval"] = list(reading.interval)
+            analytes.append(entry)
         return {"schema": SCHEMA, "status": "ok", "product": self.product.id, "analytes": analytes,
                 "qc": observation.qc, "provenance": provenance}
 

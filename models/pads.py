@@ -29,6 +29,7 @@ class PadReading:
     confidence: float
     flags: list[str] = field(default_factory=list)
     chart_distance_de00: float | None = None
+    interval: tuple[float, float] | None = None    # of `value`, where the model can give one honestly
 
 
 class PadModel(Protocol):

@@ -1,0 +1,125 @@
+"""Pad levels from the trained ONNX models, run by onnxruntime.
+
+The model file is checked before it is used: readable, made for this product (its id and a hash of
+its chart), with the features this code computes and an input and output for every pad. Anything
+else is refused with `model_error`: a misread strip is worse than no reading. The session is created
+once per reader, single-threaded (a Pi core runs a whole strip well under a millisecond).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from calibration.errors import ReadError
+from calibration.observe import StripObservation
+from calibration.specs import Product
+from models.features import feature_names, strip_features
+from models.pads import OUT_OF_GAMUT_DE00, PadReading, interpret, value_at
+
+MODEL_VERSION = "pads/1"
+META = "stripread."          # prefix of this project's keys in the file's metadata_props
+REFERENCE_TOLERANCE = 1e-4   # float32 inference against scikit-learn's float64
+_FAIL = "The reader's analysis model is missing or damaged, so no result can be given: contact support."
+
+
+def chart_digest(product: Product) -> str:
+    """Hash of what a model depends on in the product file: pads, levels and chart colours."""
+    chart = [[p.analyte, [[lv.code, lv.value, lv.srgb] for lv in p.levels]] for p in product.pads]
+    return hashlib.sha256(json.dumps(chart, sort_keys=True).encode()).hexdigest()
+
+
+def default_model_path(product: Product) -> Path:
+    return Path(str(resources.files("models") / "data" / f"{product.id}.onnx"))
+
+
+def _refuse(detail: str) -> ReadError:
+    err = ReadError("model_error", _FAIL)
+    err.detail = detail   # for logs and technicians; the patient sees `message`
+    return err
+
+
+class OnnxPadModel:
+    """The trained per-product models behind the `PadModel` interface."""
+
+    name = "onnx"
+
+    def __init__(self, product: Product, path: Path | None = None):
+        import onnxruntime as ort   # heavy: only where a model is actually used
+        self.product = product
+        self.path = Path(path) if path else default_model_path(product)
+        if not self.path.is_file():
+            raise _refuse(f"no model file at {self.path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:   # onnxruntime raises its own types for corrupt or unsupported files
+            raise _refuse(f"{self.path}: cannot be loaded ({type(exc).__name__})") from None
+        meta = {k[len(META):]: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()
+                if k.startswith(META)}
+        self._check(meta)
+        self.version = f"{meta['model_version']}+{meta['training_data_sha256'][:12]}"
+        self.classes = json.loads(meta["classes"])
+        self.half_width = json.loads(meta["interval_half_width"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self._self_test(json.loads(meta["sklearn_reference"]))
+
+    def _check(self, meta: dict) -> None:
+        if meta.get("model_version") != MODEL_VERSION:
+            raise _refuse(f"{self.path}: model version {meta.get('model_version')!r}, expected {MODEL_VERSION!r}")
+        if meta.get("product") != self.product.id:
+            raise _refuse(f"{self.path}: made for product {meta.get('product')!r}, not {self.product.id!r}")
+        if meta.get("chart_sha256") != chart_digest(self.product):
+            raise _refuse(f"{self.path}: the product's chart changed since the model was trained")
+        try:
+            features = json.loads(meta["features"])
+            json.loads(meta["classes"]), json.loads(meta["interval_half_width"]), json.loads(meta["sklearn_reference"])
+        except (KeyError, ValueError):
+            raise _refuse(f"{self.path}: metadata incomplete") from None
+        inputs = {i.name for i in self.session.get_inputs()}
+        for pad in self.product.pads:
+            if features.get(pad.analyte) != feature_names(pad) or pad.analyte not in inputs:
+                raise _refuse(f"{self.path}: features for {pad.analyte} do not match this software")
+
+    def _self_test(self, reference: dict) -> None:
+        """Run the fixed inputs stored at export and compare with scikit-learn's outputs for them: a
+        damaged graph, or a runtime that computes differently, is caught before any reading."""
+        feeds = {a: np.array(r["x"], np.float32) for a, r in reference.items()}
+        results = dict(zip(self.outputs, self.session.run(None, feeds)))
+        for analyte, r in reference.items():
+            ok = np.allclose(results[f"{analyte}_c_probabilities"], r["probabilities"], atol=REFERENCE_TOLERANCE)
+            if "position" in r:
+                ok &= np.allclose(results[f"{analyte}_r_variable"].ravel(), r["position"], atol=REFERENCE_TOLERANCE)
+            if not ok:
+                raise _refuse(f"{self.path}: {analyte} does not reproduce its scikit-learn reference outputs")
+
+    def read(self, observation: StripObservation) -> list[PadReading]:
+        features = strip_features(observation)
+        feeds = {pad.analyte: row[None, :] for pad, row in zip(self.product.pads, features)}
+        results = dict(zip(self.outputs, self.session.run(None, feeds)))
+        readings = []
+        for pad, row in zip(self.product.pads, features):
+            gap = float(row[feature_names(pad).index("chart_gap")])   # the baseline's distance from the chart
+            if gap > OUT_OF_GAMUT_DE00:
+                readings.append(PadReading(pad.analyte, None, None, 0.0, ["out_of_gamut"], round(gap, 2)))
+                continue
+            probabilities = np.zeros(len(pad.levels))
+            probabilities[self.classes[pad.analyte]] = results[f"{pad.analyte}_c_probabilities"][0]
+            level = int(np.argmax(probabilities))
+            reading = PadReading(pad.analyte, pad.levels[level].code, None,
+                                 round(float(probabilities[level]), 3), [], round(gap, 2))
+            position = results.get(f"{pad.analyte}_r_variable")
+            if position is not None:
+                # the value stays within the reported level's half-step: level and value never disagree
+                t = float(np.clip(position.ravel()[0], level - 0.5, level + 0.5))
+                t = float(np.clip(t, 0, len(pad.levels) - 1))
+                w = self.half_width[pad.analyte]
+                reading.value = value_at(pad, t)
+                reading.interval = (value_at(pad, max(t - w, 0.0)), value_at(pad, min(t + w, len(pad.levels) - 1)))
+            readings.append(interpret(pad, reading))
+        return readings

@@ -1,0 +1,193 @@
+"""Training, ONNX export and inference of the pad models, and their refusal of a bad model file."""
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from calibration.errors import ReadError
+from calibration.specs import builtin_products, load_card, load_product
+from device.cli import main
+from device.read import Reader
+from models import dataset, train
+from models.onnx_model import OnnxPadModel, default_model_path
+from simulator import scene
+
+TINY = 40   # scenes: enough for every pad to see several levels, quick enough for a test
+
+
+@pytest.fixture(scope="module")
+def tiny_set():
+    return dataset.synthetic("generic-10", "card-v1", TINY, seed=5, jobs=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_set):
+    return train.train(tiny_set, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tiny_set, tiny_models, tmp_path_factory):
+    return train.export(tiny_models, tiny_set, tmp_path_factory.mktemp("m") / "tiny.onnx")
+
+
+def test_training_set_holds_every_pad_of_every_observed_scene(tiny_set, product):
+    assert tiny_set.photos == TINY and tiny_set.refused <= 2
+    for pad in product.pads:
+        x, levels, positions = tiny_set.arrays(pad.analyte)
+        assert x.shape == (TINY - tiny_set.refused, len(pad.levels) + 9)
+        assert np.all(levels == np.round(positions)) and levels.max() < len(pad.levels)
+
+
+def test_onnx_reproduces_scikit_learn(tiny_set, tiny_models, tiny_file, product):
+    model = OnnxPadModel(product, tiny_file)
+    feeds = {p.analyte: tiny_set.arrays(p.analyte)[0] for p in product.pads}
+    out = dict(zip(model.outputs, model.session.run(None, feeds)))
+    for pad in product.pads:
+        x, m = feeds[pad.analyte], tiny_models[pad.analyte]
+        assert np.allclose(out[f"{pad.analyte}_c_probabilities"], m.classifier.predict_proba(x), atol=1e-4)
+        if m.regressor is not None:
+            assert np.allclose(out[f"{pad.analyte}_r_variable"].ravel(), m.regressor.predict(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("product_id", builtin_products())
+def test_shipped_models_reproduce_their_scikit_learn_reference(product_id):
+    """The shipped file carries a fixed input set with scikit-learn's outputs from training; loading
+    runs it (a mismatch would raise model_error) and here it is checked once more, explicitly."""
+    product = load_product(product_id)
+    model = OnnxPadModel(product)
+    meta = onnx.load(str(default_model_path(product))).metadata_props
+    reference = json.loads(next(m.value for m in meta if m.key == "stripread.sklearn_reference"))
+    assert set(reference) == {p.analyte for p in product.pads}
+    results = dict(zip(model.outputs, model.session.run(
+        None, {a: np.array(r["x"], np.float32) for a, r in reference.items()})))
+    for analyte, r in reference.items():
+        assert len(r["x"]) == train.REFERENCE_ROWS
+        assert np.allclose(results[f"{analyte}_c_probabilities"], r["probabilities"], atol=1e-4)
+    assert default_model_path(product).stat().st_size < 3_000_000
+
+
+def test_shipped_model_reads_better_than_chance_and_names_itself(product):
+    rng = np.random.default_rng(60)
+    spec = scene.random_scene(rng, product="generic-10")
+    data, truth = scene.photograph(spec, rng)
+    result = Reader(load_card(), product, OnnxPadModel(product)).read(data)
+    assert result["status"] == "ok"
+    assert sum(a["level"] == truth.pads[a["analyte"]].level for a in result["analytes"]) >= 9
+    assert result["provenance"]["model"] == "onnx" and result["provenance"]["model_version"].startswith("pads/1+")
+    glu = next(a for a in result["analytes"] if a["analyte"] == "GLU")
+    lo, hi = glu["value_interval"]
+    assert lo <= glu["value"] <= hi
+
+
+def test_training_is_deterministic(tiny_set):
+    a, b = train.train(tiny_set, seed=3), train.train(tiny_set, seed=3)
+    x = tiny_set.arrays("GLU")[0]
+    assert np.array_equal(a["GLU"].classifier.predict_proba(x), b["GLU"].classifier.predict_proba(x))
+    assert np.array_equal(a["GLU"].regressor.predict(x), b["GLU"].regressor.predict(x))
+    assert a["GLU"].half_width == b["GLU"].half_width
+
+
+def test_same_seed_same_training_data():
+    first = dataset.synthetic("acr-2", "card-v1", 6, seed=9, jobs=2)
+    again = dataset.synthetic("acr-2", "card-v1", 6, seed=9, jobs=1)
+    assert first.digest() == again.digest()
+    assert first.digest() != dataset.synthetic("acr-2", "card-v1", 6, seed=10, jobs=2).digest()
+
+
+def _refused(product, path) -> ReadError:
+    with pytest.raises(ReadError) as err:
+        OnnxPadModel(product, path)
+    assert err.value.code == "model_error"
+    return err.value
+
+
+def test_missing_or_corrupt_model_is_refused(tmp_path, product, tiny_file):
+    assert "no model file" in _refused(product, tmp_path / "absent.onnx").detail
+    data = tiny_file.read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 2])
+    _refused(product, tmp_path / "truncated.onnx")
+    (tmp_path / "noise.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    _refused(product, tmp_path / "noise.onnx")
+
+
+def test_model_for_another_product_or_an_edited_chart_is_refused(tmp_path, product, acr_product, tiny_file):
+    assert "made for product 'generic-10'" in _refused(acr_product, tiny_file).detail
+    pad = product.pads[0]
+    level = dataclasses.replace(pad.levels[0], srgb="FFFFFF")
+    edited = dataclasses.replace(product, pads=(dataclasses.replace(pad, levels=(level,) + pad.levels[1:]),)
+                                 + product.pads[1:])
+    assert "chart changed" in _refused(edited, tiny_file).detail
+
+
+def _rewrite(path: Path, out: Path, key: str, value: str) -> Path:
+    model = onnx.load(str(path))
+    next(m for m in model.metadata_props if m.key == "stripread." + key).value = value
+    out.write_bytes(model.SerializeToString())
+    return out
+
+
+def test_mismatched_features_or_tampered_weights_are_refused(tmp_path, product, tiny_file):
+    features = json.loads(next(m.value for m in onnx.load(str(tiny_file)).metadata_props
+                               if m.key == "stripread.features"))
+    features["GLU"] = features["GLU"][::-1]
+    bad = _rewrite(tiny_file, tmp_path / "features.onnx", "features", json.dumps(features))
+    assert "features for GLU" in _refused(product, bad).detail
+    model = onnx.load(str(tiny_file))
+    node = next(n for n in model.graph.node if n.name == "GLU_c_LinearClassifier")
+    next(a for a in node.attribute if a.name == "coefficients").floats[0] += 0.5
+    (tmp_path / "weights.onnx").write_bytes(model.SerializeToString())
+    assert "reference outputs" in _refused(product, tmp_path / "weights.onnx").detail
+
+
+def test_cli_read_with_a_corrupt_model_refuses_with_model_error(tmp_path, capsys):
+    rng = np.random.default_rng(61)
+    data, _ = scene.photograph(scene.random_scene(rng, product="generic-10"), rng)
+    (tmp_path / "p.jpg").write_bytes(data)
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    assert main(["read", str(tmp_path / "p.jpg"), "--json", "--model", str(tmp_path / "bad.onnx")]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "model_error"
+    assert main(["read", str(tmp_path / "p.jpg"), "--json", "--model", "baseline"]) == 0
+    assert json.loads(capsys.readouterr().out)["provenance"]["model"] == "baseline"
+
+
+def test_cli_train_on_a_tiny_set(tmp_path, capsys):
+    out = tmp_path / "acr.onnx"
+    assert main(["train", "--product", "acr-2", "--synthetic", "8", "--jobs", "1", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["photos"] == 8 and len(report["training_data_sha256"]) == 64
+    assert OnnxPadModel(load_product("acr-2"), out).version.endswith(report["training_data_sha256"][:12])
+
+
+def test_real_captures_folder(tmp_path, product):
+    """A technician's folder: photos plus labels.csv with level codes or concentrations."""
+    rows = ["photo,product," + ",".join(p.analyte for p in product.pads)]
+    for i in range(3):
+        rng = np.random.default_rng(70 + i)
+        data, truth = scene.photograph(scene.random_scene(rng, product="generic-10"), rng)
+        (tmp_path / f"{i}.jpg").write_bytes(data)
+        cells = [truth.pads[p.analyte].level for p in product.pads]
+        if i == 0:
+            cells[-1] = ""                                    # glucose unknown on this strip
+        if i == 1:
+            cells[-1] = "180"                                 # a calibrator between 100 and 250 mg/dL
+        rows.append(f"{i}.jpg,generic-10," + ",".join(cells))
+    rows.append("other.jpg,acr-2," + "," * (len(product.pads) - 1))   # another product's row: ignored
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    data = dataset.real_captures(product, load_card(), tmp_path)
+    assert data.photos == 3 and data.refused == 0
+    assert len(data.features["LEU"]) == 3 and len(data.features["GLU"]) == 2
+    assert data.positions["GLU"][0] == pytest.approx(1 + 80 / 150)
+
+
+@pytest.mark.parametrize("cell,expected", [("neg", 0.0), ("250", 2.0), ("175", 1.5), ("", None)])
+def test_label_cells(cell, expected, product):
+    assert dataset.level_position(product.pad("GLU"), cell) == expected
+
+
+@pytest.mark.parametrize("cell", ["lots", "5000", "-1"])
+def test_bad_label_cells_are_refused(cell, product):
+    with pytest.raises(ValueError, match="GLU"):
+        dataset.level_position(product.pad("GLU"), cell)
