@@ -16,17 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import median_seconds  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _median_us(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return 1e6 * times[len(times) // 2]
 
 
 def main(argv=None) -> int:
@@ -59,9 +52,9 @@ def main(argv=None) -> int:
             "pads": len(product.pads),
             "model_bytes": default_model_path(product).stat().st_size,
             "load_ms": round(1000 * min(loads), 1),
-            "strip_read_us": round(_median_us(lambda: model.read(observation), args.repeats), 1),
-            "session_run_us": round(_median_us(lambda: model.session.run(None, feeds), args.repeats), 1),
-            "baseline_read_us": round(_median_us(lambda: baseline.read(observation), args.repeats), 1),
+            "strip_read_us": round(1e6 * median_seconds(lambda: model.read(observation), args.repeats), 1),
+            "session_run_us": round(1e6 * median_seconds(lambda: model.session.run(None, feeds), args.repeats), 1),
+            "baseline_read_us": round(1e6 * median_seconds(lambda: baseline.read(observation), args.repeats), 1),
         }
         print(f"{product_id:11} {report[product_id]}")
     out = RESULTS / "inference.json"

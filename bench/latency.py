@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import median_seconds  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak
@@ -30,16 +33,6 @@ elapsed = time.perf_counter() - t0
 hwm = next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print("CHILD", elapsed, hwm, code, file=sys.stderr)
 """
-
-
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return 1000 * times[len(times) // 2]
 
 
 def main(argv=None) -> int:
@@ -67,8 +60,8 @@ def main(argv=None) -> int:
             data, _ = scene.photograph(spec, rng)
             buf = np.frombuffer(data, np.uint8)
             assert reader.read(data)["status"] == "ok", "the benchmark scene must be readable"
-            decode_ms = _median_ms(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR), args.repeats)
-            read_ms = _median_ms(lambda: reader.read(data), args.repeats)
+            decode_ms = 1000 * median_seconds(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR), args.repeats)
+            read_ms = 1000 * median_seconds(lambda: reader.read(data), args.repeats)
             report[f"{width}x{height}"] = {"jpeg_bytes": len(data), "decode_ms": round(decode_ms, 2),
                                            "read_ms": round(read_ms, 2), "ratio": round(read_ms / decode_ms, 2)}
             if width == 2028:

@@ -62,14 +62,15 @@ class OnnxPadModel:
             raise _refuse(f"{self.path}: cannot be loaded ({type(exc).__name__})") from None
         meta = {k[len(META):]: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()
                 if k.startswith(META)}
-        self._check(meta)
+        parsed = self._check(meta)
         self.version = f"{meta['model_version']}+{meta['training_data_sha256'][:12]}"
-        self.classes = json.loads(meta["classes"])
-        self.half_width = json.loads(meta["interval_half_width"])
+        self.classes = parsed["classes"]
+        self.half_width = parsed["interval_half_width"]
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self._self_test(json.loads(meta["sklearn_reference"]))
+        self._self_test(parsed["sklearn_reference"])
 
-    def _check(self, meta: dict) -> None:
+    def _check(self, meta: dict) -> dict:
+        """Refuse a file not made for this product and this software; return its parsed JSON fields."""
         if meta.get("model_version") != MODEL_VERSION:
             raise _refuse(f"{self.path}: model version {meta.get('model_version')!r}, expected {MODEL_VERSION!r}")
         if meta.get("product") != self.product.id:
@@ -77,14 +78,15 @@ class OnnxPadModel:
         if meta.get("chart_sha256") != chart_digest(self.product):
             raise _refuse(f"{self.path}: the product's chart changed since the model was trained")
         try:
-            features = json.loads(meta["features"])
-            json.loads(meta["classes"]), json.loads(meta["interval_half_width"]), json.loads(meta["sklearn_reference"])
+            parsed = {key: json.loads(meta[key])
+                      for key in ("features", "classes", "interval_half_width", "sklearn_reference")}
         except (KeyError, ValueError):
             raise _refuse(f"{self.path}: metadata incomplete") from None
         inputs = {i.name for i in self.session.get_inputs()}
         for pad in self.product.pads:
-            if features.get(pad.analyte) != feature_names(pad) or pad.analyte not in inputs:
+            if parsed["features"].get(pad.analyte) != feature_names(pad) or pad.analyte not in inputs:
                 raise _refuse(f"{self.path}: features for {pad.analyte} do not match this software")
+        return parsed
 
     def _self_test(self, reference: dict) -> None:
         """Run the fixed inputs stored at export and compare with scikit-learn's outputs for them: a
