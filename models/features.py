@@ -12,18 +12,19 @@ import numpy as np
 
 from calibration.observe import StripObservation
 from calibration.specs import Pad
-from models.pads import chart_positions
+from models.pads import ChartPosition, chart_positions
 
 
 def feature_names(pad: Pad) -> list[str]:
     return (["L", "a", "b"] + [f"de00_{level.code}" for level in pad.levels]
-            + ["chart_position", "chart_gap", "base_L", "base_a", "base_b", "card_residual"])
+            + ["chart_position", "chart_gap", "base_L", "base_a", "base_b", "card_residual"])   # residual last
 
 
-def strip_features(observation: StripObservation) -> list[np.ndarray]:
-    """One float32 feature vector per pad of the product, in product order."""
+def strip_features(observation: StripObservation, charts: list[ChartPosition] | None = None) -> list[np.ndarray]:
+    """One float32 feature vector per pad of the product, in product order (`charts`: the pads'
+    chart positions, when the caller has them already)."""
     pads = observation.product.pads
-    charts = chart_positions(pads, observation.pad_lab)
+    charts = charts or chart_positions(pads, observation.pad_lab)
     rows = []
     for lab, chart in zip(observation.pad_lab, charts):
         rows.append(np.concatenate([lab, chart.distances, [chart.position, chart.gap],

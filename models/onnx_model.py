@@ -18,9 +18,10 @@ from calibration.errors import ReadError
 from calibration.observe import StripObservation
 from calibration.specs import Product
 from models.features import feature_names, strip_features
-from models.pads import OUT_OF_GAMUT_DE00, PadReading, interpret, value_at
+from models.pads import OUT_OF_GAMUT_DE00, PadReading, chart_positions, interpret, value_at
 
-MODEL_VERSION = "pads/1"
+MODEL_VERSION = "pads/2"
+DIFFICULTY_OFFSET = 0.5      # a photo's difficulty: card residual (dE00) + this; scales value intervals
 META = "stripread."          # prefix of this project's keys in the file's metadata_props
 REFERENCE_TOLERANCE = 1e-4   # float32 inference against scikit-learn's float64
 _FAIL = "The reader's analysis model is missing or damaged, so no result can be given: contact support."
@@ -65,7 +66,7 @@ class OnnxPadModel:
         parsed = self._check(meta)
         self.version = f"{meta['model_version']}+{meta['training_data_sha256'][:12]}"
         self.classes = parsed["classes"]
-        self.half_width = parsed["interval_half_width"]
+        self.interval_scale = parsed["interval_scale"]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._self_test(parsed["sklearn_reference"])
 
@@ -79,7 +80,7 @@ class OnnxPadModel:
             raise _refuse(f"{self.path}: the product's chart changed since the model was trained")
         try:
             parsed = {key: json.loads(meta[key])
-                      for key in ("features", "classes", "interval_half_width", "sklearn_reference")}
+                      for key in ("features", "classes", "interval_scale", "sklearn_reference")}
         except (KeyError, ValueError):
             raise _refuse(f"{self.path}: metadata incomplete") from None
         inputs = {i.name for i in self.session.get_inputs()}
@@ -101,26 +102,30 @@ class OnnxPadModel:
                 raise _refuse(f"{self.path}: {analyte} does not reproduce its scikit-learn reference outputs")
 
     def read(self, observation: StripObservation) -> list[PadReading]:
-        features = strip_features(observation)
+        charts = chart_positions(self.product.pads, observation.pad_lab)
+        features = strip_features(observation, charts)
         feeds = {pad.analyte: row[None, :] for pad, row in zip(self.product.pads, features)}
         results = dict(zip(self.outputs, self.session.run(None, feeds)))
+        difficulty = observation.residual_de00 + DIFFICULTY_OFFSET
         readings = []
-        for pad, row in zip(self.product.pads, features):
-            gap = float(row[feature_names(pad).index("chart_gap")])   # the baseline's distance from the chart
-            if gap > OUT_OF_GAMUT_DE00:
-                readings.append(PadReading(pad.analyte, None, None, 0.0, ["out_of_gamut"], round(gap, 2)))
+        for pad, chart in zip(self.product.pads, charts):
+            if chart.gap > OUT_OF_GAMUT_DE00:
+                readings.append(PadReading(pad.analyte, None, None, 0.0, ["out_of_gamut"], round(chart.gap, 2)))
                 continue
             probabilities = np.zeros(len(pad.levels))
             probabilities[self.classes[pad.analyte]] = results[f"{pad.analyte}_c_probabilities"][0]
-            level = int(np.argmax(probabilities))
+            # the model refines the level within one step of the nearest chart colour, never beyond:
+            # far from its training data it could otherwise be confidently wrong by several levels
+            near = np.abs(np.arange(len(pad.levels)) - chart.nearest) <= 1
+            level = int(np.argmax(np.where(near, probabilities, -1.0)))
             reading = PadReading(pad.analyte, pad.levels[level].code, None,
-                                 round(float(probabilities[level]), 3), [], round(gap, 2))
+                                 round(float(probabilities[level]), 3), [], round(chart.gap, 2))
             position = results.get(f"{pad.analyte}_r_variable")
             if position is not None:
                 # the value stays within the reported level's half-step: level and value never disagree
                 t = float(np.clip(position.ravel()[0], level - 0.5, level + 0.5))
                 t = float(np.clip(t, 0, len(pad.levels) - 1))
-                w = self.half_width[pad.analyte]
+                w = self.interval_scale[pad.analyte] * difficulty
                 reading.value = value_at(pad, t)
                 reading.interval = (value_at(pad, max(t - w, 0.0)), value_at(pad, min(t + w, len(pad.levels) - 1)))
             readings.append(interpret(pad, reading))

@@ -2,10 +2,12 @@
 
 Per analyte: a standardised multinomial logistic regression over the chart's levels (its
 probabilities are the reading's `confidence`) and, for quantitative pads, gradient-boosted trees for
-the fractional level position (the reading's `value`). The value's interval is split-conformal:
-the regressor is fitted on 80 % of the data and the interval's half-width is the 90th percentile of
-its absolute error on the other 20 %, so it covers about 90 % of new pads like those it was
-measured on, without assuming a distribution.
+the fractional level position (the reading's `value`). The value's interval is split-conformal and
+normalised: the regressor is fitted on 80 % of the data; on the other 20 % its absolute errors are
+divided by the photo's difficulty, the card's held-out colour residual plus an offset, and the
+interval's half-width is the 90th percentile of that ratio times the new photo's difficulty. It
+covers about 90 % of pads like those it was measured on without assuming a distribution, and
+widens by itself under light the colour correction handles less well.
 
 Every analyte's models sit in one ONNX graph with one input and outputs per analyte, so a strip is
 one `InferenceSession.run`. The file carries what it was made for and from (`metadata_props`),
@@ -29,12 +31,13 @@ from sklearn.preprocessing import StandardScaler
 
 from models.dataset import TrainingSet
 from models.features import feature_names
-from models.onnx_model import META, MODEL_VERSION, chart_digest
+from models.onnx_model import DIFFICULTY_OFFSET, META, MODEL_VERSION, chart_digest
 
 REFERENCE_ROWS = 12          # training rows per analyte whose scikit-learn outputs the file carries
 INTERVAL_COVERAGE = 0.9
 CALIBRATION_SHARE = 0.2
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+RESIDUAL_FEATURE = -1        # the card's held-out residual is the last feature of every pad
 
 
 @dataclass
@@ -42,7 +45,7 @@ class AnalyteModel:
     classifier: Pipeline
     classes: list[int]                     # level index of each probability column
     regressor: GradientBoostingRegressor | None
-    half_width: float                      # interval half-width in level units (0 for nominal pads)
+    interval_scale: float                  # half-width in level units per unit of difficulty (0: nominal)
 
 
 def fit_analyte(x: np.ndarray, levels: np.ndarray, positions: np.ndarray, quantitative: bool,
@@ -51,17 +54,18 @@ def fit_analyte(x: np.ndarray, levels: np.ndarray, positions: np.ndarray, quanti
     classifier.fit(x, levels)
     if not quantitative:
         return AnalyteModel(classifier, [int(c) for c in classifier.classes_], None, 0.0)
+    difficulty = x[:, RESIDUAL_FEATURE] + DIFFICULTY_OFFSET
     order = np.random.default_rng(seed).permutation(len(x))
     held = order[: int(len(x) * CALIBRATION_SHARE)]
     fit = order[len(held):]
     regressor = GradientBoostingRegressor(n_estimators=120, max_depth=3, learning_rate=0.08, subsample=0.8,
                                           random_state=seed)
     regressor.fit(x[fit], positions[fit])
-    errors = np.abs(regressor.predict(x[held]) - positions[held])
-    # the conformal quantile: the ceil((n + 1) q)-th smallest error
-    k = min(len(errors) - 1, int(np.ceil((len(errors) + 1) * INTERVAL_COVERAGE)) - 1)
-    half_width = float(np.sort(errors)[k]) if len(errors) else float("inf")
-    return AnalyteModel(classifier, [int(c) for c in classifier.classes_], regressor, half_width)
+    scores = np.abs(regressor.predict(x[held]) - positions[held]) / difficulty[held]
+    # the conformal quantile: the ceil((n + 1) q)-th smallest score
+    k = min(len(scores) - 1, int(np.ceil((len(scores) + 1) * INTERVAL_COVERAGE)) - 1)
+    scale = float(np.sort(scores)[k]) if len(scores) else float("inf")
+    return AnalyteModel(classifier, [int(c) for c in classifier.classes_], regressor, scale)
 
 
 def train(data: TrainingSet, seed: int = 0) -> dict[str, AnalyteModel]:
@@ -121,7 +125,7 @@ def export(models: dict[str, AnalyteModel], data: TrainingSet, path: Path) -> Pa
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "features": json.dumps({p.analyte: feature_names(p) for p in product.pads}),
         "classes": json.dumps({a: m.classes for a, m in models.items()}),
-        "interval_half_width": json.dumps({a: m.half_width for a, m in models.items()}),
+        "interval_scale": json.dumps({a: m.interval_scale for a, m in models.items()}),
         "interval_coverage": str(INTERVAL_COVERAGE),
         "sklearn_reference": json.dumps(reference_outputs(models, data)),
     }

@@ -12,7 +12,7 @@ from calibration.specs import builtin_products, load_card, load_product
 from device.cli import main
 from device.read import Reader
 from models import dataset, train
-from models.onnx_model import OnnxPadModel, default_model_path
+from models.onnx_model import MODEL_VERSION, OnnxPadModel, default_model_path
 from simulator import scene
 
 TINY = 40   # scenes: enough for every pad to see several levels, quick enough for a test
@@ -76,7 +76,7 @@ def test_shipped_model_reads_better_than_chance_and_names_itself(product):
     result = Reader(load_card(), product, OnnxPadModel(product)).read(data)
     assert result["status"] == "ok"
     assert sum(a["level"] == truth.pads[a["analyte"]].level for a in result["analytes"]) >= 9
-    assert result["provenance"]["model"] == "onnx" and result["provenance"]["model_version"].startswith("pads/1+")
+    assert result["provenance"]["model"] == "onnx" and result["provenance"]["model_version"].startswith(MODEL_VERSION + "+")
     glu = next(a for a in result["analytes"] if a["analyte"] == "GLU")
     lo, hi = glu["value_interval"]
     assert lo <= glu["value"] <= hi
@@ -87,7 +87,7 @@ def test_training_is_deterministic(tiny_set):
     x = tiny_set.arrays("GLU")[0]
     assert np.array_equal(a["GLU"].classifier.predict_proba(x), b["GLU"].classifier.predict_proba(x))
     assert np.array_equal(a["GLU"].regressor.predict(x), b["GLU"].regressor.predict(x))
-    assert a["GLU"].half_width == b["GLU"].half_width
+    assert a["GLU"].interval_scale == b["GLU"].interval_scale
 
 
 def test_same_seed_same_training_data():
@@ -191,3 +191,46 @@ def test_label_cells(cell, expected, product):
 def test_bad_label_cells_are_refused(cell, product):
     with pytest.raises(ValueError, match="GLU"):
         dataset.level_position(product.pad("GLU"), cell)
+
+
+def _observation_at_levels(product, levels: dict, residual: float = 1.0):
+    """A strip whose pads show exactly the chart colour of the given level indices."""
+    from calibration.colour import hex_to_lab_d50
+    from calibration.observe import StripObservation
+    lab = np.array([pad.level_lab[levels.get(pad.analyte, 0)] for pad in product.pads])
+    return StripObservation(product, lab, hex_to_lab_d50(product.strip_base_srgb), residual,
+                            np.zeros(len(product.pads)))
+
+
+class _ForcedSession:
+    """Stands in for onnxruntime: every pad's classifier puts its mass on the last level."""
+
+    def __init__(self, real, product):
+        self.real, self.product = real, product
+
+    def run(self, names, feeds):
+        out = dict(zip([o.name for o in self.real.get_outputs()], self.real.run(names, feeds)))
+        for pad in self.product.pads:
+            probabilities = np.zeros((1, len(pad.levels)), np.float32)
+            probabilities[0, -1] = 0.9
+            probabilities[0, 0] = 0.1
+            out[f"{pad.analyte}_c_probabilities"] = probabilities
+        return list(out.values())
+
+
+def test_model_never_moves_a_level_more_than_one_step_from_the_chart_colour(product, tiny_file):
+    model = OnnxPadModel(product, tiny_file)
+    model.session = _ForcedSession(model.session, product)
+    readings = {r.analyte: r for r in model.read(_observation_at_levels(product, {"GLU": 0}))}
+    glu = readings["GLU"]
+    assert glu.level in ("neg", "100")            # chart says neg; the model may move one step at most
+    assert "low_confidence" in glu.flags          # and the mass it put elsewhere shows as low confidence
+
+
+def test_value_interval_widens_when_the_colour_correction_was_harder(product, tiny_file):
+    model = OnnxPadModel(product, tiny_file)
+    easy = {r.analyte: r for r in model.read(_observation_at_levels(product, {"GLU": 2}, residual=0.5))}
+    hard = {r.analyte: r for r in model.read(_observation_at_levels(product, {"GLU": 2}, residual=3.0))}
+    width = lambda r: r.interval[1] - r.interval[0]   # noqa: E731
+    assert easy["GLU"].interval[0] <= easy["GLU"].value <= easy["GLU"].interval[1]
+    assert width(hard["GLU"]) > width(easy["GLU"])
