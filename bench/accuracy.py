@@ -204,8 +204,9 @@ def main(argv=None) -> int:
     summary = {"models": summary, "seconds": round(time.time() - start, 1), "args": vars(args)}
     out = Path(args.out or RESULTS / f"accuracy{'-holdout' if args.holdout else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
-    print(f"\nwritten {out} in {summary['seconds']} s")
+    out.write_text(json.dumps({"summary": summary}, indent=1))
+    out.with_name(out.stem + "-rows.json").write_text(json.dumps(rows))   # per scene, not committed
+    print(f"\nwritten {out} (and its -rows.json) in {summary['seconds']} s")
     return 0
 
 
