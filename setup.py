@@ -18,6 +18,10 @@ setup(
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "onnxruntime>=1.16",
+        # the reader's microcontroller link (firmware_bridge): the serial port, COBS framing, CRC
+        "pyserial>=3.5",
+        "cobs>=1.2",
+        "crc>=7.0",
     ],
     extras_require={
         # picamera2 needs libcamera: on Raspberry Pi OS install apt's python3-picamera2 instead
