@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,8 +128,75 @@ def cmd_simulate(args) -> int:
     return EXIT_OK
 
 
+def cmd_history(args) -> int:
+    from device.store import ResultStore
+    with ResultStore(args.db) as store:
+        records = store.history(args.patient, args.limit)
+    if not records:
+        print("no stored results" + (" for this patient" if args.patient else ""))
+        return EXIT_OK
+    rows = [("#", "stored (UTC)", "patient", "status", "findings")]
+    for r in records:
+        res = r.result
+        if res.get("status") == "ok":
+            findings = ", ".join(f"{a['analyte']} {a['level']}" for a in res.get("analytes", [])
+                                 if "abnormal" in a.get("flags", ())) or "all within normal"
+        else:
+            findings = res.get("error", {}).get("code", "")
+        rows.append((str(r.seq), r.stored_at[:19].replace("T", " "), r.patient_id or "-", res.get("status", "?"),
+                     findings))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    """Every stored result as JSON lines or as CSV (one row per pad) for a spreadsheet."""
+    import csv
+    from device.store import ResultStore
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    with ResultStore(args.db) as store:
+        if args.format == "json":
+            for r in store.iter_results():
+                out.write(json.dumps({"seq": r.seq, "result_id": r.result_id, "stored_at": r.stored_at,
+                                      "patient_id": r.patient_id, "operator_id": r.operator_id, "hash": r.hash,
+                                      "result": r.result}) + "\n")
+        else:
+            writer = csv.writer(out)
+            writer.writerow(["seq", "result_id", "stored_at", "patient_id", "operator_id", "status", "product",
+                             "analyte", "level", "value", "unit", "confidence", "flags", "model_version", "hash"])
+            for r in store.iter_results():
+                res = r.result
+                base = [r.seq, r.result_id, r.stored_at, r.patient_id, r.operator_id, res.get("status"),
+                        res.get("product")]
+                tail = [res.get("provenance", {}).get("model_version"), r.hash]
+                for a in res.get("analytes") or [{}]:
+                    writer.writerow(base + [a.get("analyte"), a.get("level"), a.get("value"), a.get("unit"),
+                                            a.get("confidence"), ";".join(a.get("flags", ()))] + tail)
+    if args.out:
+        out.close()
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    """Recompute the hash chain of the store: any altered, inserted or removed record shows."""
+    from device.store import ResultStore
+    with ResultStore(args.db) as store:
+        integrity, report = store.integrity(), store.verify()
+    if integrity != "ok":
+        print(f"the database file is damaged: {integrity}")
+        return EXIT_REFUSED
+    if report.first_broken_seq is not None:
+        print(f"{report.records} records read; record #{report.first_broken_seq}: {report.reason}")
+        return EXIT_REFUSED
+    print(f"{report.records} records, hash chain intact")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
-    """Read a photo from the simulated device and compare with what the simulator put on the strip."""
+    """Read a photo from the simulated device, compare with what the simulator put on the strip,
+    and store the result."""
     spec, data, truth = _simulated_photo(args)
     print(f"Simulated reader: a {args.product} strip photographed by the '{spec.camera}' camera under "
           f"'{spec.illuminant}' light ({spec.resolution[0]}x{spec.resolution[1]}, seed {args.seed}).\n")
@@ -140,6 +208,10 @@ def cmd_demo(args) -> int:
     if result["status"] == "ok":
         agree = sum(a["level"] == truth.pads[a["analyte"]].level for a in result["analytes"])
         print(f"\n{agree} of {len(result['analytes'])} pads read at the level the simulator put on the strip.")
+    from device.store import ResultStore
+    with ResultStore(args.db) as store:
+        stored = store.add(result, patient_id="DEMO", operator_id="demo")
+    print(f"Stored as record #{stored.seq} in {args.db}.")
     return EXIT_OK if result["status"] == "ok" else EXIT_REFUSED
 
 
@@ -154,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", default="auto", help="auto (the product's shipped trained model, else the "
                                                           "baseline), onnx, baseline (nearest chart colour) "
                                                           "or an .onnx file")
+
+    def db_option(p):
+        from device.store import default_path
+        p.add_argument("--db", default=str(default_path()), help="results database (default %(default)s)")
 
     read = sub.add_parser("read", help="read one photo of a strip on the reference card")
     read.add_argument("photo")
@@ -173,7 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--json", action="store_true")
     spec_options(demo, model=True)
+    db_option(demo)
     demo.set_defaults(func=cmd_demo)
+
+    history = sub.add_parser("history", help="past results, newest first")
+    history.add_argument("--patient", help="only this patient's results")
+    history.add_argument("--limit", type=int, default=20)
+    db_option(history)
+    history.set_defaults(func=cmd_history)
+
+    export = sub.add_parser("export", help="every stored result, as CSV (one row per pad) or JSON lines")
+    export.add_argument("--format", choices=("csv", "json"), default="csv")
+    export.add_argument("--out", help="file to write (default: standard output)")
+    db_option(export)
+    export.set_defaults(func=cmd_export)
+
+    verify = sub.add_parser("verify", help="check the result store's hash chain: tampering shows")
+    db_option(verify)
+    verify.set_defaults(func=cmd_verify)
 
     tr = sub.add_parser("train", help="train a product's pad models and export them to ONNX")
     tr.add_argument("--synthetic", type=int, default=0, metavar="N", help="render N synthetic scenes to train on")
@@ -202,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"stripread: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:   # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # an unexpected failure is reported, never a half-printed result
         if getattr(args, "json", False):
             print(json.dumps(_refusal("internal", "The reader failed unexpectedly; please report it and "

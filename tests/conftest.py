@@ -8,6 +8,12 @@ from calibration.specs import load_card, load_product
 SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 
 
+@pytest.fixture(autouse=True)
+def private_data_folder(tmp_path, monkeypatch):
+    """No test writes to the user's real results database."""
+    monkeypatch.setenv("STRIPREAD_DATA", str(tmp_path / "data"))
+
+
 @pytest.fixture(scope="session")
 def card():
     return load_card()

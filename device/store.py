@@ -1,0 +1,186 @@
+"""The result store: every reading the device takes, kept so that it survives a crash, a power cut
+mid-write and a lab outage, and so that tampering shows.
+
+SQLite in WAL mode with `synchronous=FULL`: a result, its pad thumbnails and its outbox entry are
+written in one transaction, so after any crash a result is either wholly there (and queued for the
+lab) or not there at all. Each record is chained to the one before it by SHA-256 over a canonical
+serialisation: altering, inserting or deleting a row breaks the chain, which `verify` reports.
+Patient and operator identifiers are stored (a history needs them) but never logged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+GENESIS = "0" * 64
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    seq          INTEGER PRIMARY KEY,
+    result_id    TEXT NOT NULL UNIQUE,
+    stored_at    TEXT NOT NULL,
+    patient_id   TEXT,
+    operator_id  TEXT,
+    status       TEXT NOT NULL,
+    result_json  TEXT NOT NULL,
+    prev_hash    TEXT NOT NULL,
+    hash         TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS results_patient ON results (patient_id, seq);
+CREATE TABLE IF NOT EXISTS thumbnails (
+    result_id TEXT NOT NULL REFERENCES results (result_id),
+    analyte   TEXT NOT NULL,
+    png       BLOB NOT NULL,
+    PRIMARY KEY (result_id, analyte)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    result_id  TEXT PRIMARY KEY REFERENCES results (result_id),
+    state      TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed')),
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+"""
+
+
+def default_path() -> Path:
+    """The results database: under $STRIPREAD_DATA if set (the service sets /var/lib/stripread),
+    else in the user's data folder."""
+    folder = os.environ.get("STRIPREAD_DATA") or Path.home() / ".local" / "share" / "stripread"
+    return Path(folder) / "results.db"
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    seq: int
+    result_id: str
+    stored_at: str
+    patient_id: str | None
+    operator_id: str | None
+    result: dict
+    hash: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    records: int
+    first_broken_seq: int | None      # None: the chain is intact
+    reason: str | None
+
+
+def _record_hash(prev_hash: str, result_id: str, stored_at: str, patient_id: str | None,
+                 operator_id: str | None, status: str, result_json: str) -> str:
+    canonical = json.dumps([prev_hash, result_id, stored_at, patient_id, operator_id, status, result_json],
+                           separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class ResultStore:
+    """One SQLite file; safe to open from several processes (WAL), one writer at a time."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")       # a committed result survives a power cut
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._transaction():
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    def add(self, result: dict, patient_id: str | None = None, operator_id: str | None = None,
+            thumbnails: dict[str, bytes] | None = None) -> StoredResult:
+        """Store a result with its thumbnails and queue it for the lab, atomically."""
+        result_id = str(uuid.uuid4())
+        stored_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        result_json = json.dumps(result, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        status = str(result.get("status", "unknown"))
+        with self._transaction():
+            row = self._db.execute("SELECT hash FROM results ORDER BY seq DESC LIMIT 1").fetchone()
+            prev_hash = row[0] if row else GENESIS
+            digest = _record_hash(prev_hash, result_id, stored_at, patient_id, operator_id, status, result_json)
+            cursor = self._db.execute(
+                "INSERT INTO results (result_id, stored_at, patient_id, operator_id, status, result_json,"
+                " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (result_id, stored_at, patient_id, operator_id, status, result_json, prev_hash, digest))
+            self._db.executemany("INSERT INTO thumbnails (result_id, analyte, png) VALUES (?, ?, ?)",
+                                 [(result_id, a, png) for a, png in (thumbnails or {}).items()])
+            self._db.execute("INSERT INTO outbox (result_id) VALUES (?)", (result_id,))
+        return StoredResult(cursor.lastrowid, result_id, stored_at, patient_id, operator_id, result, digest)
+
+    def history(self, patient_id: str | None = None, limit: int | None = None) -> list[StoredResult]:
+        """Newest first; one patient's or everyone's."""
+        query = "SELECT seq, result_id, stored_at, patient_id, operator_id, result_json, hash FROM results"
+        args: tuple = ()
+        if patient_id is not None:
+            query, args = query + " WHERE patient_id = ?", (patient_id,)
+        query += " ORDER BY seq DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return [StoredResult(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
+                for r in self._db.execute(query, args)]
+
+    def thumbnails(self, result_id: str) -> dict[str, bytes]:
+        return dict(self._db.execute("SELECT analyte, png FROM thumbnails WHERE result_id = ?", (result_id,)))
+
+    def outbox_counts(self) -> dict[str, int]:
+        counts = dict(self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
+        return {state: counts.get(state, 0) for state in ("pending", "sent", "failed")}
+
+    def verify(self) -> ChainReport:
+        """Walk the chain from the first record: every hash must recompute and link to the last."""
+        prev, count = GENESIS, 0
+        rows = self._db.execute("SELECT seq, result_id, stored_at, patient_id, operator_id, status, result_json,"
+                                " prev_hash, hash FROM results ORDER BY seq")
+        for seq, result_id, stored_at, patient, operator, status, result_json, prev_hash, digest in rows:
+            count += 1
+            if prev_hash != prev:
+                return ChainReport(count, seq, "a record before this one was removed or inserted")
+            if _record_hash(prev_hash, result_id, stored_at, patient, operator, status, result_json) != digest:
+                return ChainReport(count, seq, "this record was altered after it was stored")
+            prev = digest
+        return ChainReport(count, None, None)
+
+    def integrity(self) -> str:
+        """SQLite's own check of the file ('ok' when sound)."""
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def iter_results(self) -> Iterator[StoredResult]:
+        """Oldest first, for export."""
+        for r in self._db.execute("SELECT seq, result_id, stored_at, patient_id, operator_id, result_json, hash"
+                                  " FROM results ORDER BY seq"):
+            yield StoredResult(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: the writer lock is taken up front,
+    so two processes adding results cannot both read the same chain head."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return False

@@ -1,0 +1,150 @@
+"""The result store: atomic writes with their outbox entry, the hash chain, and crash safety."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from device.store import ResultStore
+
+RESULT = {"schema": "stripread.read/1", "status": "ok", "product": "generic-10",
+          "analytes": [{"analyte": "GLU", "level": "250", "value": 240.0, "confidence": 0.9, "flags": []}]}
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ResultStore(tmp_path / "results.db") as s:
+        yield s
+
+
+def test_a_result_is_stored_with_its_thumbnails_and_queued_for_the_lab(store):
+    stored = store.add(RESULT, patient_id="P-17", operator_id="N-2", thumbnails={"GLU": b"\x89PNG..."})
+    assert store.history()[0].result == RESULT
+    assert store.history(patient_id="P-17")[0].result_id == stored.result_id
+    assert store.history(patient_id="someone else") == []
+    assert store.thumbnails(stored.result_id) == {"GLU": b"\x89PNG..."}
+    assert store.outbox_counts() == {"pending": 1, "sent": 0, "failed": 0}
+    assert store.verify().first_broken_seq is None and store.integrity() == "ok"
+
+
+def test_history_is_newest_first_and_limited(store):
+    for i in range(5):
+        store.add({**RESULT, "n": i}, patient_id="P")
+    assert [r.result["n"] for r in store.history(limit=3)] == [4, 3, 2]
+    assert [r.result["n"] for r in store.iter_results()] == [0, 1, 2, 3, 4]
+
+
+def test_a_write_failing_half_way_leaves_nothing_behind(store):
+    """The thumbnail cannot be stored after the result row was inserted: all of it rolls back."""
+    with pytest.raises(sqlite3.Error):
+        store.add(RESULT, patient_id="P", thumbnails={"GLU": object()})
+    assert store.history() == [] and store.outbox_counts()["pending"] == 0
+    store.add(RESULT)                               # and the store carries on, chain intact
+    assert store.verify().first_broken_seq is None
+
+
+@pytest.mark.parametrize("sql,reason", [
+    ("UPDATE results SET result_json = replace(result_json, '250', '100') WHERE seq = 2", "altered"),
+    ("UPDATE results SET patient_id = 'P-99' WHERE seq = 2", "altered"),
+    ("DELETE FROM results WHERE seq = 2", "removed or inserted"),
+])
+def test_the_hash_chain_shows_tampering(tmp_path, sql, reason):
+    path = tmp_path / "r.db"
+    with ResultStore(path) as s:
+        for _ in range(4):
+            s.add(RESULT, patient_id="P-1")
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA foreign_keys=OFF")
+    db.execute(sql)
+    db.commit()
+    db.close()
+    with ResultStore(path) as s:
+        report = s.verify()
+    assert report.first_broken_seq in (2, 3) and reason in report.reason
+
+
+_WRITER = """
+import sys
+from device.store import ResultStore
+store = ResultStore(sys.argv[1])
+n = int(sys.argv[2])
+while True:
+    store.add({"status": "ok", "n": n, "pad": "x" * 2000}, patient_id="P", thumbnails={"A": b"1" * 3000, "B": b"2"})
+    print(n, flush=True)          # acknowledged only after the commit returned
+    n += 1
+"""
+
+
+def test_sigkill_mid_write_loses_nothing_committed_and_leaves_nothing_half_written(tmp_path):
+    path = tmp_path / "r.db"
+    acknowledged, next_n = [], 0
+    for kill_after in (0.05, 0.13, 0.21, 0.08, 0.3, 0.17, 0.11, 0.25):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(next_n)],
+                                  stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+        time.sleep(kill_after + 0.3)     # interpreter start-up, then writes in flight
+        writer.send_signal(signal.SIGKILL)
+        out, _ = writer.communicate()
+        acknowledged += [int(n) for n in out.split()]
+        with ResultStore(path) as store:    # a write may have committed just before the kill, unacknowledged
+            next_n = max((r.result["n"] for r in store.iter_results()), default=-1) + 1
+    assert len(acknowledged) > 20
+    with ResultStore(path) as store:
+        assert store.integrity() == "ok"
+        assert store.verify().first_broken_seq is None
+        stored = [r.result["n"] for r in store.iter_results()]
+        assert set(acknowledged) <= set(stored)                 # nothing acknowledged was lost
+        assert len(stored) == len(set(stored))                  # nothing written twice
+        for r in store.iter_results():                          # every record whole: thumbnails and outbox
+            assert set(store.thumbnails(r.result_id)) == {"A", "B"}
+        assert store.outbox_counts()["pending"] == len(stored)
+
+
+def test_two_processes_writing_keep_one_unbroken_chain(tmp_path):
+    path = tmp_path / "r.db"
+    ResultStore(path).close()
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(k * 100_000)],
+                                stdout=subprocess.PIPE, text=True) for k in range(2)]
+    for w in writers:
+        assert w.stdout.readline().strip()      # each has committed at least once
+    time.sleep(0.3)                             # then both write concurrently for a while
+    for w in writers:
+        w.send_signal(signal.SIGKILL)
+        w.communicate()
+    with ResultStore(path) as store:
+        assert store.verify().first_broken_seq is None
+        assert {r.result["n"] // 100_000 for r in store.iter_results()} == {0, 1}
+
+
+def test_stored_json_is_canonical(store):
+    stored = store.add(RESULT)
+    raw = store._db.execute("SELECT result_json FROM results WHERE result_id = ?", (stored.result_id,)).fetchone()[0]
+    assert raw == json.dumps(RESULT, separators=(",", ":"), sort_keys=True)
+
+
+def test_history_export_and_verify_commands(tmp_path, capsys):
+    from device.cli import main
+    db = tmp_path / "cli.db"
+    with ResultStore(db) as store:
+        store.add({**RESULT, "analytes": [{**RESULT["analytes"][0], "flags": ["abnormal"]}]}, patient_id="P-1")
+        store.add({"schema": "stripread.read/1", "status": "error", "error": {"code": "glare", "message": "m"}},
+                  patient_id="P-2")
+    assert main(["history", "--db", str(db), "--patient", "P-1"]) == 0
+    out = capsys.readouterr().out
+    assert "GLU 250" in out and "glare" not in out
+    assert main(["export", "--db", str(db), "--format", "csv", "--out", str(tmp_path / "x.csv")]) == 0
+    lines = (tmp_path / "x.csv").read_text().splitlines()
+    assert lines[0].startswith("seq,result_id") and len(lines) == 3 and ",GLU,250,240.0," in lines[1]
+    assert main(["export", "--db", str(db), "--format", "json"]) == 0
+    assert [json.loads(line)["patient_id"] for line in capsys.readouterr().out.splitlines()] == ["P-1", "P-2"]
+    assert main(["verify", "--db", str(db)]) == 0
+    assert "2 records, hash chain intact" in capsys.readouterr().out
+    db_raw = sqlite3.connect(db)
+    db_raw.execute("UPDATE results SET status = 'ok' WHERE seq = 2")
+    db_raw.commit()
+    db_raw.close()
+    assert main(["verify", "--db", str(db)]) == 1
+    assert "record #2: this record was altered" in capsys.readouterr().out
