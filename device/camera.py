@@ -1,0 +1,195 @@
+"""Camera back-ends behind one small interface: `start()` (open, let exposure and white balance
+settle under the reader's LEDs, then lock them so every capture of a session is taken alike),
+`capture()` (JPEG bytes of one still), `stop()`. A camera that stops answering raises `CameraLost`.
+
+- `PiCamera`: the Pi camera module through picamera2, imported only when used (it exists only
+  where libcamera does: Raspberry Pi OS's python3-picamera2).
+- `OpenCVCamera`: a USB camera through cv2.VideoCapture.
+- `ReplayCamera`: a folder of photos, in name order (a recorded session, or test photos).
+- `SimulatedCamera`: renders the simulator's scene of the session's strip, with each pad developed
+  as far as the time since dipping says (see `simulator.development`).
+`open_camera("auto")` picks the Pi camera when picamera2 finds one, else a USB camera.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+JPEG_QUALITY = 95
+STILL_SIZE = (2028, 1520)          # the Pi HQ camera's 2x2-binned full-field mode: fast, low noise
+SETTLE_S = 1.0                     # auto exposure / white balance converge within this under the LEDs
+
+
+class CameraLost(Exception):
+    """The camera stopped delivering frames (unplugged, driver error, no more replay photos)."""
+
+
+class Camera(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def capture(self) -> bytes: ...
+
+    def stop(self) -> None: ...
+
+
+def _jpeg(bgr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise CameraLost("could not encode the frame")
+    return buf.tobytes()
+
+
+class PiCamera:
+    """picamera2: a still configuration, settled with auto exposure and white balance, then locked."""
+
+    name = "picamera2"
+
+    def __init__(self, size: tuple[int, int] = STILL_SIZE):
+        from picamera2 import Picamera2   # lazily: only on Raspberry Pi OS
+        self._cam = Picamera2()
+        self._cam.configure(self._cam.create_still_configuration(main={"size": size, "format": "RGB888"}))
+
+    def start(self) -> None:
+        self._cam.start()
+        time.sleep(SETTLE_S)
+        meta = self._cam.capture_metadata()
+        self._cam.set_controls({"AeEnable": False, "AwbEnable": False, "ExposureTime": meta["ExposureTime"],
+                                "AnalogueGain": meta["AnalogueGain"], "ColourGains": meta["ColourGains"]})
+        time.sleep(0.2)   # the locked controls take effect a couple of frames later
+
+    def capture(self) -> bytes:
+        try:
+            return _jpeg(self._cam.capture_array("main"))   # RGB888 is stored B, G, R in memory
+        except Exception as exc:   # libcamera reports a lost camera through several exception types
+            raise CameraLost(f"picamera2: {exc}") from exc
+
+    def stop(self) -> None:
+        self._cam.stop()
+        self._cam.close()
+
+
+class OpenCVCamera:
+    """A USB (UVC) camera: auto exposure runs while settling, then manual exposure holds its value."""
+
+    name = "opencv"
+
+    def __init__(self, index: int = 0, size: tuple[int, int] = STILL_SIZE):
+        self.index, self.size = index, size
+        self._cap = None
+
+    def start(self) -> None:
+        self._cap = cv2.VideoCapture(self.index)
+        if not self._cap.isOpened():
+            raise CameraLost(f"no camera at index {self.index}")
+        self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
+        self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            self._cap.read()
+        self._cap.set(cv2.CAP_PROP_AUTO_EXPOSURE, 1)       # V4L2: 1 = manual, keeps the settled exposure
+        self._cap.set(cv2.CAP_PROP_AUTO_WB, 0)
+
+    def capture(self) -> bytes:
+        for _ in range(2):   # drop a frame buffered before the request
+            ok, frame = self._cap.read()
+        if not ok:
+            raise CameraLost(f"camera {self.index} stopped delivering frames")
+        return _jpeg(frame)
+
+    def stop(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+
+
+class ReplayCamera:
+    """Photos from a folder, one per capture, in name order."""
+
+    name = "replay"
+
+    def __init__(self, folder: Path | str):
+        self._photos = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        self._next = 0
+
+    def start(self) -> None:
+        if not self._photos:
+            raise CameraLost("the replay folder has no photos")
+
+    def capture(self) -> bytes:
+        if self._next >= len(self._photos):
+            raise CameraLost("no more photos to replay")
+        self._next += 1
+        return self._photos[self._next - 1].read_bytes()
+
+    def stop(self) -> None:
+        pass
+
+
+class SimulatedCamera:
+    """The simulated reader's camera: one scene per session (pose, light, camera, strip lot), with
+    the pads developing from dipping on. `dip(at)` says when the strip went in (clock seconds),
+    `remove()` that it came out; `final_levels` are what the pads show at their read times."""
+
+    name = "simulated"
+
+    def __init__(self, product, clock, seed: int = 0, resolution: tuple[int, int] = STILL_SIZE):
+        from simulator.scene import random_scene
+        self.product, self.clock = product, clock
+        self._rng = np.random.default_rng(seed)
+        self.spec = random_scene(self._rng, product=product, resolution=resolution, glare=None)
+        self.dipped_at: float | None = None
+        self.lost = False
+
+    @property
+    def final_levels(self) -> dict[str, str]:
+        return {p.analyte: p.levels[int(round(self.spec.levels.get(p.analyte, 0.0)))].code for p in self.product.pads}
+
+    def dip(self, at: float) -> None:
+        self.dipped_at = at
+
+    def remove(self) -> None:
+        self.dipped_at = None
+
+    def start(self) -> None:
+        pass
+
+    def capture(self) -> bytes:
+        from simulator.development import level_position
+        from simulator.scene import photograph
+        if self.lost:
+            raise CameraLost("the simulated camera was unplugged")
+        if self.dipped_at is None:
+            spec = dataclasses.replace(self.spec, fault="no_strip")
+        else:
+            elapsed = self.clock.now() - self.dipped_at
+            spec = dataclasses.replace(self.spec, levels={
+                p.analyte: level_position(p, self.spec.levels.get(p.analyte, 0.0), elapsed)
+                for p in self.product.pads})
+        data, _ = photograph(spec, self._rng)
+        return data
+
+    def stop(self) -> None:
+        pass
+
+
+def open_camera(kind: str = "auto", **options) -> Camera:
+    """`auto`: the Pi camera if picamera2 finds one, else the first USB camera."""
+    if kind in ("picamera2", "auto"):
+        try:
+            from picamera2 import Picamera2
+            if Picamera2.global_camera_info():
+                return PiCamera(**options)
+        except ImportError:
+            if kind == "picamera2":
+                raise CameraLost("picamera2 is not installed (Raspberry Pi OS: apt install python3-picamera2)")
+    if kind in ("opencv", "auto"):
+        return OpenCVCamera(**options)
+    if kind == "replay":
+        return ReplayCamera(**options)
+    raise ValueError(f"unknown camera {kind!r}")

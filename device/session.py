@@ -1,0 +1,219 @@
+"""The timed reading session: idle -> armed (climate checked, waiting for the strip) -> developing
+(LEDs on, camera settled, one capture at each distinct `read_at_s` of the product) -> stored -> idle.
+
+Each pad is read from the capture taken at its own read time; a capture later than the product
+allows leaves its pads unreported (`outside_read_window`), and a session left past the product's
+`discard_after` is refused outright. Cancel, a strip pulled out early, a lost camera and a lost
+controller each end the session with a stored record saying so: never a silent loss, never a
+half-written result (the store writes each record in one transaction).
+
+Time comes from a `Clock`: real seconds scaled by a speed factor on the device and in the demo,
+a fake clock in tests, so every transition can be driven deterministically.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+
+from device.camera import Camera, CameraLost
+from device.read import Reader, software_version
+from device.store import ResultStore, StoredResult
+
+LATE_TOLERANCE_S = 10.0        # a capture up to this late still reads its pads as at their read time
+EARLY_MARGIN_S = 0.5
+POLL_S = 0.05                  # how often (in session seconds) events are checked while waiting
+ARM_TIMEOUT_S = 600.0          # an armed reader with no strip for this long disarms (stored as such)
+DEFAULT_CLIMATE = {"temperature_c": (15.0, 30.0), "humidity_pct": (10.0, 85.0)}   # typical strip labels
+SESSION_SCHEMA = "stripread.session/1"
+TOO_LATE_MESSAGE = "The strip was read too long after dipping: repeat the test with a new strip."
+
+
+class State(Enum):
+    IDLE = "idle"
+    ARMED = "armed"
+    DEVELOPING = "developing"
+    STORED = "stored"
+
+
+class Clock:
+    """Wall-clock seconds, `speed` times faster (the demo compresses a two-minute read)."""
+
+    def __init__(self, speed: float = 1.0):
+        self.speed = speed
+        self._origin = time.monotonic()
+
+    def now(self) -> float:
+        return (time.monotonic() - self._origin) * self.speed
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(seconds, 0.0) / self.speed)
+
+
+class SessionEnded(Exception):
+    """A session stops early: `outcome` names why, `message` says it to the user."""
+
+    def __init__(self, outcome: str, message: str):
+        super().__init__(message)
+        self.outcome, self.message = outcome, message
+
+
+@dataclass
+class SessionReport:
+    state_log: list[tuple[float, str]] = field(default_factory=list)
+    outcome: str = ""
+    record: StoredResult | None = None
+
+
+def climate_range(product) -> dict:
+    """The product's operating range (`operating_conditions` in the product file), else the
+    conditions printed on typical strip bottles."""
+    conditions = product.source.get("operating_conditions", {})
+    return {k: tuple(conditions.get(k, v)) for k, v in DEFAULT_CLIMATE.items()}
+
+
+class ReadingSession:
+    """One reader: its board (LEDs, strip sensor, climate, buttons), camera, read path and store."""
+
+    def __init__(self, reader: Reader, board, camera: Camera, store: ResultStore, clock: Clock):
+        self.reader, self.board, self.camera, self.store, self.clock = reader, board, camera, store, clock
+        self.product = reader.product
+        self.read_times = sorted({pad.read_at_s for pad in self.product.pads})
+        self.state = State.IDLE
+        self.report = SessionReport()
+
+    def _enter(self, state: State) -> None:
+        self.state = state
+        self.report.state_log.append((round(self.clock.now(), 3), state.value))
+
+    def run(self, patient_id: str | None = None, operator_id: str | None = None) -> SessionReport:
+        """One session from arming to a stored record, whatever happens in between."""
+        self.report = SessionReport()
+        self._enter(State.ARMED)
+        captures: list[dict] = []
+        dipped_at = None
+        try:
+            self._check_climate()
+            dipped_at = self._wait_for_strip()
+            self._enter(State.DEVELOPING)
+            self.board.set_leds(255, 255, 255)
+            self.camera.start()
+            result = self._develop_and_read(dipped_at, captures)
+            outcome = "completed"
+        except SessionEnded as ended:
+            outcome = ended.outcome
+            result = {"schema": SESSION_SCHEMA, "status": "aborted", "outcome": ended.outcome,
+                      "message": ended.message, "product": self.product.id}
+        finally:
+            self._lights_off_and_stop()
+        result["session"] = {"outcome": outcome, "dipped_at_s": dipped_at, "captures": captures,
+                             "states": self.report.state_log, "software_version": software_version()}
+        self.report.record = self.store.add(result, patient_id=patient_id, operator_id=operator_id)
+        self.report.outcome = outcome
+        self._enter(State.STORED)
+        self._enter(State.IDLE)
+        return self.report
+
+    def _board(self, call, *args):
+        """A board call; a controller that stopped answering ends the session."""
+        from firmware_bridge.host import BoardUnavailable
+        try:
+            return call(*args)
+        except BoardUnavailable as exc:
+            raise SessionEnded("board_lost", "The reader's controller stopped responding: unplug the reader, "
+                                             "plug it in again and repeat the test with a new strip.") from exc
+
+    def _check_climate(self) -> None:
+        climate = self._board(self.board.climate)
+        limits = climate_range(self.product)
+        t_lo, t_hi = limits["temperature_c"]
+        h_lo, h_hi = limits["humidity_pct"]
+        if not (t_lo <= climate.temperature_c <= t_hi and h_lo <= climate.humidity_pct <= h_hi):
+            raise SessionEnded("climate_out_of_range",
+                               f"The room is {climate.temperature_c:.0f} °C at {climate.humidity_pct:.0f} % "
+                               f"humidity; the strips are only reliable between {t_lo:.0f} and {t_hi:.0f} °C "
+                               f"and {h_lo:.0f}-{h_hi:.0f} %. Test somewhere else.")
+
+    def _events(self):
+        """Board events received since the last look."""
+        while not self.board.events.empty():
+            yield self.board.events.get_nowait()
+
+    def _wait_for_strip(self) -> float:
+        deadline = self.clock.now() + ARM_TIMEOUT_S
+        while self.clock.now() < deadline:
+            for event in self._events():
+                if event.kind == "strip_inserted":
+                    return self.clock.now()
+                self._interrupting(event)
+            self.clock.sleep(POLL_S)
+        raise SessionEnded("no_strip", "No strip was put in the tray; the test was not started.")
+
+    def _interrupting(self, event) -> None:
+        """Events that end a session whatever its state."""
+        if event.kind == "button" and event.detail == "cancel":
+            raise SessionEnded("cancelled", "The test was cancelled.")
+        if event.kind == "strip_removed":
+            raise SessionEnded("strip_removed", "The strip was taken out before all its pads were read: "
+                                                "repeat the test with a new strip.")
+        if event.kind in ("link_lost", "board_reset"):
+            raise SessionEnded("board_lost", "The reader's controller restarted during the test: repeat the "
+                                             "test with a new strip.")
+
+    def _develop_and_read(self, dipped_at: float, captures: list[dict]) -> dict:
+        """A capture at each read time, each pad read from its own; the result assembled."""
+        window = self.product.read_window_s
+        readings: dict[str, dict] = {}
+        first_result = None
+        for read_at in self.read_times:
+            self._wait_until(dipped_at + read_at - EARLY_MARGIN_S)
+            try:
+                photo = self.camera.capture()
+            except CameraLost as exc:
+                raise SessionEnded("camera_lost", "The camera stopped working during the test: restart the "
+                                                  "reader and repeat the test with a new strip.") from exc
+            taken = self.clock.now() - dipped_at
+            late = taken > read_at + LATE_TOLERANCE_S or taken > window.get("discard_after", float("inf"))
+            result = self.reader.read(photo, captured_at=datetime.now(timezone.utc))
+            captures.append({"read_at_s": read_at, "taken_at_s": round(taken, 2),
+                             "image_sha256": result["provenance"]["image_sha256"], "status": result["status"]})
+            if result["status"] != "ok":
+                return result        # the strip cannot be read again later: refuse the session as a whole
+            first_result = first_result or result
+            for entry in result["analytes"]:
+                if self.product.pad(entry["analyte"]).read_at_s == read_at:
+                    readings[entry["analyte"]] = _outside_window(entry) if late else entry
+        analytes = [readings[p.analyte] for p in self.product.pads]
+        if all("outside_read_window" in a["flags"] for a in analytes):
+            return {"schema": "stripread.read/1", "status": "error",
+                    "error": {"code": "outside_read_window", "message": TOO_LATE_MESSAGE},
+                    "product": self.product.id, "provenance": first_result["provenance"]}
+        return {**first_result, "analytes": analytes}
+
+    def _wait_until(self, when: float) -> None:
+        while True:
+            for event in self._events():
+                self._interrupting(event)
+            remaining = when - self.clock.now()
+            if remaining <= 0:
+                return
+            self.clock.sleep(min(POLL_S, remaining))
+
+    def _lights_off_and_stop(self) -> None:
+        """Always leave the LEDs off and the camera closed, even when the session failed."""
+        from firmware_bridge.host import BoardUnavailable
+        try:
+            self.board.leds_off()
+        except BoardUnavailable:
+            pass   # the controller is gone; its LEDs go off with it
+        try:
+            self.camera.stop()
+        except CameraLost:
+            pass
+
+
+def _outside_window(entry: dict) -> dict:
+    """A pad captured too late: kept for the record, but no level or value is reported."""
+    kept = {k: v for k, v in entry.items() if k != "value_interval"}
+    return {**kept, "level": None, "value": None, "confidence": 0.0, "flags": ["outside_read_window"]}

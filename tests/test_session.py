@@ -1,0 +1,189 @@
+"""The reading session's state machine, driven by a fake clock, a scripted board and the simulated
+camera whose pads develop over time."""
+import queue
+from dataclasses import dataclass
+
+import pytest
+
+from calibration.specs import load_card, load_product
+from device.camera import CameraLost, SimulatedCamera
+from device.read import Reader
+from device.session import LATE_TOLERANCE_S, ReadingSession
+from device.store import ResultStore
+from firmware_bridge.host import BoardUnavailable, Climate, Event
+from models.onnx_model import OnnxPadModel
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def now(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.t += max(seconds, 0.0)
+
+
+class ScriptedEvents:
+    """Board events that become visible when the fake clock reaches their time."""
+
+    def __init__(self, clock, script):
+        self.clock, self.script, self.due = clock, sorted(script, key=lambda e: e[0]), queue.Queue()
+
+    def _release(self):
+        while self.script and self.script[0][0] <= self.clock.now():
+            self.due.put(self.script.pop(0)[1])
+
+    def empty(self):
+        self._release()
+        return self.due.empty()
+
+    def get_nowait(self):
+        self._release()
+        return self.due.get_nowait()
+
+
+@dataclass
+class FakeBoard:
+    clock: FakeClock
+    script: list
+    climate_now: Climate = Climate(humidity_pct=45.0, temperature_c=22.0)
+    fail: bool = False
+
+    def __post_init__(self):
+        self.events = ScriptedEvents(self.clock, self.script)
+        self.leds = (0, 0, 0)
+        self.led_history = []
+
+    def climate(self):
+        if self.fail:
+            raise BoardUnavailable("gone")
+        return self.climate_now
+
+    def set_leds(self, r, g, b):
+        self.leds = (r, g, b)
+        self.led_history.append(self.leds)
+
+    def leds_off(self):
+        self.leds = (0, 0, 0)
+
+
+class DippingCamera(SimulatedCamera):
+    """The simulated camera, told by the scripted board when the strip went in; optionally slow
+    (capture number k costs `delays[k]` seconds of the fake clock) or lost after some captures."""
+
+    def __init__(self, *args, delays=None, lose_after=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.delays, self.lose_after, self.taken = delays or {}, lose_after, 0
+
+    def capture(self):
+        self.clock.sleep(self.delays.get(self.taken, 0.0))
+        if self.lose_after is not None and self.taken >= self.lose_after:
+            raise CameraLost("unplugged")
+        self.taken += 1
+        return super().capture()
+
+
+@pytest.fixture(scope="module")
+def reader():
+    product = load_product("generic-10")
+    return Reader(load_card(), product, OnnxPadModel(product))
+
+
+def _session(reader, tmp_path, script, dip_at=5.0, **camera_options):
+    clock = FakeClock()
+    board = FakeBoard(clock, [(dip_at, Event("strip_inserted"))] + script)
+    camera = DippingCamera(reader.product, clock, seed=3, resolution=(1456, 1088), **camera_options)
+    camera.dip(dip_at)
+    store = ResultStore(tmp_path / "r.db")
+    return ReadingSession(reader, board, camera, store, clock), board, camera, store
+
+
+def test_a_full_session_reads_each_pad_at_its_own_time(reader, tmp_path):
+    session, board, camera, store = _session(reader, tmp_path, [])
+    report = session.run(patient_id="P-1", operator_id="N-1")
+    assert [s for _, s in report.state_log] == ["armed", "developing", "stored", "idle"]
+    assert report.outcome == "completed"
+    stored = store.history()[0]
+    captures = stored.result["session"]["captures"]
+    assert [c["read_at_s"] for c in captures] == sorted({p.read_at_s for p in reader.product.pads})
+    assert all(c["read_at_s"] - 1 <= c["taken_at_s"] <= c["read_at_s"] + 1 for c in captures)
+    got = {a["analyte"]: a["level"] for a in stored.result["analytes"]}
+    assert sum(got[a] == level for a, level in camera.final_levels.items()) >= 9
+    assert stored.patient_id == "P-1" and store.outbox_counts()["pending"] == 1
+    assert board.led_history == [(255, 255, 255)] and board.leds == (0, 0, 0)
+
+
+def test_reading_every_pad_at_the_first_read_time_would_misread_the_slow_ones(reader):
+    """Why the session captures at each pad's time: at 30 s the 120 s leukocyte pad is not there yet."""
+    clock = FakeClock()
+    camera = SimulatedCamera(reader.product, clock, seed=3, resolution=(1456, 1088))
+    camera.dip(0.0)
+    late_pad = reader.product.pad("LEU")
+    if camera.spec.levels.get("LEU", 0) < 1.5:
+        camera.spec.levels["LEU"] = float(len(late_pad.levels) - 1)
+    clock.t = 30.0
+    early = {a["analyte"]: a["level"] for a in reader.read(camera.capture())["analytes"]}
+    assert early["LEU"] != camera.final_levels["LEU"]
+
+
+def test_late_captures_leave_their_pads_unreported(reader, tmp_path):
+    session, *_, store = _session(reader, tmp_path, [], delays={2: LATE_TOLERANCE_S + 5})   # the 45 s capture
+    report = session.run()
+    assert report.outcome == "completed"
+    analytes = {a["analyte"]: a for a in store.history()[0].result["analytes"]}
+    late = {a for a, entry in analytes.items() if "outside_read_window" in entry["flags"]}
+    assert late == {p.analyte for p in reader.product.pads if p.read_at_s == 45}
+    assert all(analytes[a]["level"] is None and analytes[a]["value"] is None for a in late)
+    assert all(analytes[a]["level"] is not None for a in analytes if a not in late)
+
+
+def test_a_session_left_past_discard_after_is_refused(reader, tmp_path):
+    session, *_, store = _session(reader, tmp_path, [], delays={0: 200.0})
+    session.run()
+    result = store.history()[0].result
+    assert result["status"] == "error" and result["error"]["code"] == "outside_read_window"
+
+
+@pytest.mark.parametrize("script,outcome", [
+    ([(40.0, Event("button", "cancel"))], "cancelled"),
+    ([(50.0, Event("strip_removed"))], "strip_removed"),
+    ([(70.0, Event("link_lost", "port vanished"))], "board_lost"),
+    ([(20.0, Event("board_reset"))], "board_lost"),
+])
+def test_interruptions_end_the_session_with_a_stored_record(reader, tmp_path, script, outcome):
+    session, board, _, store = _session(reader, tmp_path, script)
+    report = session.run(patient_id="P-2")
+    assert report.outcome == outcome
+    stored = store.history()[0]
+    assert stored.result["status"] == "aborted" and stored.result["outcome"] == outcome
+    assert stored.result["message"] and stored.patient_id == "P-2"
+    assert board.leds == (0, 0, 0) and [s for _, s in report.state_log][-2:] == ["stored", "idle"]
+    assert store.verify().first_broken_seq is None
+
+
+def test_a_lost_camera_ends_the_session_cleanly(reader, tmp_path):
+    session, board, _, store = _session(reader, tmp_path, [], lose_after=2)
+    assert session.run().outcome == "camera_lost"
+    assert len(store.history()[0].result["session"]["captures"]) == 2 and board.leds == (0, 0, 0)
+
+
+def test_climate_out_of_range_gates_the_start(reader, tmp_path):
+    session, board, _, store = _session(reader, tmp_path, [])
+    board.climate_now = Climate(humidity_pct=95.0, temperature_c=22.0)
+    report = session.run()
+    assert report.outcome == "climate_out_of_range" and board.led_history == []
+    assert "95 % humidity" in store.history()[0].result["message"]
+
+
+def test_a_controller_gone_before_the_start(reader, tmp_path):
+    session, board, _, store = _session(reader, tmp_path, [])
+    board.fail = True
+    assert session.run().outcome == "board_lost"
+    assert store.history()[0].result["outcome"] == "board_lost"
+
+
+def test_no_strip_disarms_after_a_while(reader, tmp_path):
+    session, _, _, store = _session(reader, tmp_path, [], dip_at=10_000.0)
+    assert session.run().outcome == "no_strip"
