@@ -46,6 +46,8 @@ def _progress(done: int, total: int) -> None:
 
 def format_table(result: dict) -> str:
     """A short table a nurse can read at a glance."""
+    if result["status"] == "aborted":   # a session that ended early (see device.session)
+        return f"Not read ({result['outcome']}): {result['message']}"
     if result["status"] != "ok":
         return f"Not read ({result['error']['code']}): {result['error']['message']}"
     rows = [("Analyte", "Level", "Value", "Unit", "Flags")]
@@ -195,24 +197,45 @@ def cmd_verify(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Read a photo from the simulated device, compare with what the simulator put on the strip,
-    and store the result."""
-    spec, data, truth = _simulated_photo(args)
-    print(f"Simulated reader: a {args.product} strip photographed by the '{spec.camera}' camera under "
-          f"'{spec.illuminant}' light ({spec.resolution[0]}x{spec.resolution[1]}, seed {args.seed}).\n")
-    try:
-        result = _reader(args).read(data, captured_at=datetime.now(timezone.utc))
-    except ReadError as err:
-        result = _refusal(err.code, err.message)
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
-    if result["status"] == "ok":
-        agree = sum(a["level"] == truth.pads[a["analyte"]].level for a in result["analytes"])
-        print(f"\n{agree} of {len(result['analytes'])} pads read at the level the simulator put on the strip.")
+    """A full timed reading session on the simulated reader: the simulated board (LEDs, strip
+    sensor, climate) over a real serial link on a pseudo-terminal, the simulated camera whose pads
+    develop after dipping, time compressed by --speed; the result printed and stored."""
+    import threading
+    from device.camera import SimulatedCamera
+    from device.session import Clock, ReadingSession
     from device.store import ResultStore
-    with ResultStore(args.db) as store:
-        stored = store.add(result, patient_id="DEMO", operator_id="demo")
-    print(f"Stored as record #{stored.seq} in {args.db}.")
-    return EXIT_OK if result["status"] == "ok" else EXIT_REFUSED
+    from firmware_bridge.host import ReaderBoard
+    from firmware_bridge.simulator import SimulatedBoard
+    try:
+        reader = _reader(args)
+    except ReadError as err:
+        print(format_table(_refusal(err.code, err.message)))
+        return EXIT_REFUSED
+    clock = Clock(args.speed)
+    camera = SimulatedCamera(reader.product, clock, seed=args.seed)
+    print(f"Simulated reader: a {reader.product.id} strip, camera '{camera.spec.camera}' under "
+          f"'{camera.spec.illuminant}' light, time x{args.speed:g}.")
+    with SimulatedBoard(seed=args.seed) as board_sim, ResultStore(args.db) as store, \
+            ReaderBoard(board_sim.port) as board:
+        print(f"Board firmware {board.info.firmware_version} on {board_sim.port}.")
+
+        def patient_dips_the_strip():
+            clock.sleep(2.0)
+            camera.dip(clock.now())
+            board_sim.insert_strip()
+
+        threading.Thread(target=patient_dips_the_strip, daemon=True).start()
+        session = ReadingSession(reader, board, camera, store, clock,
+                                 on_progress=lambda message: print(f"  {message}", flush=True))
+        report = session.run(patient_id="DEMO", operator_id="demo")
+    result = report.record.result
+    print()
+    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    if result.get("status") == "ok":
+        agree = sum(a["level"] == camera.final_levels[a["analyte"]] for a in result["analytes"])
+        print(f"\n{agree} of {len(result['analytes'])} pads read at the level the simulator developed them to.")
+    print(f"Stored as record #{report.record.seq} in {args.db}.")
+    return EXIT_OK if result.get("status") == "ok" else EXIT_REFUSED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,8 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     card_print.add_argument("--dpi", type=int, default=600)
     card_print.set_defaults(func=cmd_card_print)
 
-    demo = sub.add_parser("demo", help="read a photo from the built-in simulated device (no camera needed)")
+    demo = sub.add_parser("demo", help="a full timed reading session on the built-in simulated reader")
     demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument("--speed", type=float, default=20.0, help="time compression (default 20: a 2-minute "
+                                                                  "read takes 6 s)")
     demo.add_argument("--json", action="store_true")
     spec_options(demo, model=True)
     db_option(demo)

@@ -76,28 +76,33 @@ def climate_range(product) -> dict:
 class ReadingSession:
     """One reader: its board (LEDs, strip sensor, climate, buttons), camera, read path and store."""
 
-    def __init__(self, reader: Reader, board, camera: Camera, store: ResultStore, clock: Clock):
+    def __init__(self, reader: Reader, board, camera: Camera, store: ResultStore, clock: Clock,
+                 on_progress=None):
         self.reader, self.board, self.camera, self.store, self.clock = reader, board, camera, store, clock
+        self.on_progress = on_progress or (lambda message: None)   # one line per step, no patient data
         self.product = reader.product
         self.read_times = sorted({pad.read_at_s for pad in self.product.pads})
         self.state = State.IDLE
         self.report = SessionReport()
 
-    def _enter(self, state: State) -> None:
+    def _enter(self, state: State, message: str = "") -> None:
         self.state = state
         self.report.state_log.append((round(self.clock.now(), 3), state.value))
+        if message:
+            self.on_progress(message)
 
     def run(self, patient_id: str | None = None, operator_id: str | None = None) -> SessionReport:
         """One session from arming to a stored record, whatever happens in between."""
         self.report = SessionReport()
-        self._enter(State.ARMED)
+        self._enter(State.ARMED, "waiting for the strip")
         captures: list[dict] = []
         dipped_at = None
         try:
             self._check_climate()
             dipped_at = self._wait_for_strip()
-            self._enter(State.DEVELOPING)
-            self.board.set_leds(255, 255, 255)
+            self._enter(State.DEVELOPING, "strip in: developing, reads at "
+                        + ", ".join(f"{t:g}" for t in self.read_times) + " s")
+            self._board(self.board.set_leds, 255, 255, 255)
             self.camera.start()
             result = self._develop_and_read(dipped_at, captures)
             outcome = "completed"
@@ -111,7 +116,7 @@ class ReadingSession:
                              "states": self.report.state_log, "software_version": software_version()}
         self.report.record = self.store.add(result, patient_id=patient_id, operator_id=operator_id)
         self.report.outcome = outcome
-        self._enter(State.STORED)
+        self._enter(State.STORED, f"{outcome}: stored as record #{self.report.record.seq}")
         self._enter(State.IDLE)
         return self.report
 
@@ -168,16 +173,19 @@ class ReadingSession:
         first_result = None
         for read_at in self.read_times:
             self._wait_until(dipped_at + read_at - EARLY_MARGIN_S)
+            taken = self.clock.now() - dipped_at   # the shutter opens on request; delivery may take longer
             try:
                 photo = self.camera.capture()
             except CameraLost as exc:
                 raise SessionEnded("camera_lost", "The camera stopped working during the test: restart the "
                                                   "reader and repeat the test with a new strip.") from exc
-            taken = self.clock.now() - dipped_at
             late = taken > read_at + LATE_TOLERANCE_S or taken > window.get("discard_after", float("inf"))
             result = self.reader.read(photo, captured_at=datetime.now(timezone.utc))
             captures.append({"read_at_s": read_at, "taken_at_s": round(taken, 2),
                              "image_sha256": result["provenance"]["image_sha256"], "status": result["status"]})
+            self.on_progress(f"{taken:5.1f} s: read " + ", ".join(p.analyte for p in self.product.pads
+                                                                  if p.read_at_s == read_at)
+                             + ("" if result["status"] == "ok" else f" - refused ({result['error']['code']})"))
             if result["status"] != "ok":
                 return result        # the strip cannot be read again later: refuse the session as a whole
             first_result = first_result or result

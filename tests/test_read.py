@@ -205,12 +205,6 @@ def test_cli_missing_photo_and_bad_product(tmp_path, capsys):
     assert "not a stripread.product/1" in capsys.readouterr().err
 
 
-def test_demo_reads_the_simulated_device(capsys):
-    assert main(["demo", "--seed", "3", "--product", "generic-10"]) == 0
-    out = capsys.readouterr().out
-    assert "pads read at the level the simulator put on the strip" in out
-
-
 def test_simulate_writes_a_photo_the_reader_reads(tmp_path, capsys):
     path = tmp_path / "s.jpg"
     assert main(["simulate", "--seed", "4", "--out", str(path), "--product", "generic-10"]) == 0

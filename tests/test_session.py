@@ -70,19 +70,24 @@ class FakeBoard:
 
 
 class DippingCamera(SimulatedCamera):
-    """The simulated camera, told by the scripted board when the strip went in; optionally slow
-    (capture number k costs `delays[k]` seconds of the fake clock) or lost after some captures."""
+    """The simulated camera, told by the scripted board when the strip went in; optionally slow to
+    start, slow to deliver (capture number k takes `delays[k]` seconds of the fake clock after its
+    exposure, so the reader falls behind) or lost after some captures."""
 
-    def __init__(self, *args, delays=None, lose_after=None, **kwargs):
+    def __init__(self, *args, delays=None, start_delay=0.0, lose_after=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.delays, self.lose_after, self.taken = delays or {}, lose_after, 0
+        self.delays, self.start_delay, self.lose_after, self.taken = delays or {}, start_delay, lose_after, 0
+
+    def start(self):
+        self.clock.sleep(self.start_delay)
 
     def capture(self):
-        self.clock.sleep(self.delays.get(self.taken, 0.0))
         if self.lose_after is not None and self.taken >= self.lose_after:
             raise CameraLost("unplugged")
+        photo = super().capture()
+        self.clock.sleep(self.delays.get(self.taken, 0.0))
         self.taken += 1
-        return super().capture()
+        return photo
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +134,8 @@ def test_reading_every_pad_at_the_first_read_time_would_misread_the_slow_ones(re
 
 
 def test_late_captures_leave_their_pads_unreported(reader, tmp_path):
-    session, *_, store = _session(reader, tmp_path, [], delays={2: LATE_TOLERANCE_S + 5})   # the 45 s capture
+    # the 40 s capture is delivered 20 s late, so the 45 s one is taken about 15 s after its time
+    session, *_, store = _session(reader, tmp_path, [], delays={1: LATE_TOLERANCE_S + 10})
     report = session.run()
     assert report.outcome == "completed"
     analytes = {a["analyte"]: a for a in store.history()[0].result["analytes"]}
@@ -140,7 +146,7 @@ def test_late_captures_leave_their_pads_unreported(reader, tmp_path):
 
 
 def test_a_session_left_past_discard_after_is_refused(reader, tmp_path):
-    session, *_, store = _session(reader, tmp_path, [], delays={0: 200.0})
+    session, *_, store = _session(reader, tmp_path, [], start_delay=200.0)   # nothing taken before 180 s
     session.run()
     result = store.history()[0].result
     assert result["status"] == "error" and result["error"]["code"] == "outside_read_window"
@@ -187,3 +193,22 @@ def test_a_controller_gone_before_the_start(reader, tmp_path):
 def test_no_strip_disarms_after_a_while(reader, tmp_path):
     session, _, _, store = _session(reader, tmp_path, [], dip_at=10_000.0)
     assert session.run().outcome == "no_strip"
+
+
+def test_demo_runs_a_whole_session_end_to_end_in_a_subprocess(tmp_path):
+    """What a new user runs first: the simulated board over a real pty, the simulated camera, a
+    stored result, all within seconds."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, STRIPREAD_DATA=str(tmp_path))
+    run = subprocess.run([sys.executable, "-m", "device.cli", "demo", "--seed", "2", "--speed", "40"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "completed: stored as record #1" in run.stdout
+    assert "pads read at the level the simulator developed them to" in run.stdout
+    with ResultStore(tmp_path / "results.db") as store:
+        (record,) = store.history()
+        assert record.result["status"] == "ok" and record.patient_id == "DEMO"
+        assert store.verify().first_broken_seq is None
+    assert "DEMO" not in run.stderr          # no patient identifier in anything logged
