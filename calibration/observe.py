@@ -24,6 +24,7 @@ DARK_FRAME = 45 / 255        # a whole frame this dark hides the card too: said 
 OVEREXPOSED_PATCHES = 0.15   # fraction of chromatic patches clipped; or two neutrals
 PAD_GLARE_REFUSE = 0.4       # a pad with more highlight than this cannot be read
 PATCH_GLARE_DROP = 0.3
+CROP_PX, CROP_MARGIN_MM = 40, 1.0   # pad thumbnails stored with each result
 PATCH_GLARE_RADIUS_MM = 9.0  # a highlight on the white this close to a patch's centre reaches into it
 PAD_GLARE_MESSAGE = ("Light is reflecting off the strip's pads: close the lid and keep the strip flat, "
                      "then read again within its read time.")
@@ -41,6 +42,7 @@ class StripObservation:
     residual_de00: float         # held-out residual of the card's colour correction
     pad_glare: np.ndarray = field(default_factory=lambda: np.zeros(0))   # (pads,) highlight fraction
     qc: dict = field(default_factory=dict)                               # image and calibration figures
+    crops: dict = field(default_factory=dict)     # analyte -> PNG of the pad and its surroundings
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
@@ -106,8 +108,9 @@ class StripObserver:
         self._pad_half = PATCH_INNER * min(p.size_mm for p in self.product.pads) / 2
         self._nominal_pad_xy = self.card.slot_to_card(self._pad_offsets)
 
-    def observe(self, data: bytes) -> StripObservation:
-        """Pad colours of the strip in the photo, or a `ReadError` saying what is wrong with it."""
+    def observe(self, data: bytes, crops: bool = False) -> StripObservation:
+        """Pad colours of the strip in the photo, or a `ReadError` saying what is wrong with it;
+        with `crops`, a small picture of each pad as the camera saw it, for the record."""
         image, scale = decode(data)
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         _check_exposure(gray)
@@ -131,7 +134,23 @@ class StripObserver:
               "strip_shift_mm": match.shift_mm,
               "strip_match_de00": round(match.cost, 2),
               "strip_reversed_margin": round(match.reversed_margin, 1)}
-        return StripObservation(self.product, pad_lab, match.base_lab, correction.residual_de00, pad_glare, qc)
+        pictures = self._pad_crops(image, pose, match.shift_mm) if crops else {}
+        return StripObservation(self.product, pad_lab, match.base_lab, correction.residual_de00, pad_glare, qc,
+                                pictures)
+
+    def _pad_crops(self, image, pose, shift_mm: float) -> dict[str, bytes]:
+        """Each pad with a millimetre of strip around it, resampled to a small square PNG."""
+        pad_xy = self.card.slot_to_card(self._pad_offsets + shift_mm)
+        half = max(p.size_mm for p in self.product.pads) / 2 + CROP_MARGIN_MM
+        grid = sampling.square_grid(pad_xy, half, pose.px_per_mm, k=CROP_PX)
+        # the slot runs along card x, so grid rows (card y) are the strip's width: transpose for the
+        # strip's reading direction to run down the picture, as the pads lie on the bottle's chart
+        pixels = np.round(sampling.sample(image, pose, grid) * 255).astype(np.uint8)
+        crops = {}
+        for pad, tile in zip(self.product.pads, pixels):
+            tile = tile.reshape(CROP_PX, CROP_PX, 3)[..., ::-1].transpose(1, 0, 2)
+            crops[pad.analyte] = cv2.imencode(".png", np.ascontiguousarray(tile))[1].tobytes()
+        return crops
 
     def _calibrate(self, image: np.ndarray, pose: detect.CardPose):
         """The light across the card from its white, then the colour correction from its patches."""

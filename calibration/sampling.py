@@ -26,9 +26,10 @@ class RegionColours:
     spread: np.ndarray       # (R,) median absolute deviation of the kept samples' luminance
 
 
-def square_grid(centers_mm: np.ndarray, half_mm: float, px_per_mm: float) -> np.ndarray:
-    """(R, K*K, 2) points covering squares of half-side `half_mm`, about one per pixel (capped)."""
-    k = int(np.clip(round(2 * half_mm * px_per_mm), 4, MAX_GRID))
+def square_grid(centers_mm: np.ndarray, half_mm: float, px_per_mm: float, k: int | None = None) -> np.ndarray:
+    """(R, K*K, 2) points covering squares of half-side `half_mm`, row by row: about one per pixel
+    (capped), or `k` per side."""
+    k = k or int(np.clip(round(2 * half_mm * px_per_mm), 4, MAX_GRID))
     u = np.linspace(-half_mm, half_mm, k)
     offsets = np.stack(np.meshgrid(u, u), axis=-1).reshape(-1, 2)
     return np.asarray(centers_mm, float)[:, None, :] + offsets[None, :, :]

@@ -59,13 +59,18 @@ class Reader:
 
     def read(self, data: bytes, captured_at: datetime | None = None) -> dict:
         """The result object for one photo; errors become `status: error` results."""
+        return self.read_with_crops(data, captured_at, crops=False)[0]
+
+    def read_with_crops(self, data: bytes, captured_at: datetime | None = None,
+                        crops: bool = True) -> tuple[dict, dict[str, bytes]]:
+        """The result and, for a stored record, a PNG thumbnail of each pad (none on refusal)."""
         provenance = self._provenance(data, captured_at)
         try:
-            observation = self._observer.observe(data)
+            observation = self._observer.observe(data, crops=crops)
             readings = self.model.read(observation)
         except ReadError as err:
             return {"schema": SCHEMA, "status": "error", "error": {"code": err.code, "message": err.message},
-                    "product": self.product.id, "provenance": provenance}
+                    "product": self.product.id, "provenance": provenance}, {}
         analytes = []
         for pad, reading, glare in zip(self.product.pads, readings, observation.pad_glare):
             if glare > PAD_GLARE_FLAG:
@@ -77,7 +82,7 @@ class Reader:
                 entry["value_interval"] = list(reading.interval)
             analytes.append(entry)
         return {"schema": SCHEMA, "status": "ok", "product": self.product.id, "analytes": analytes,
-                "qc": observation.qc, "provenance": provenance}
+                "qc": observation.qc, "provenance": provenance}, observation.crops
 
     def _provenance(self, data: bytes, captured_at: datetime | None) -> dict:
         now = datetime.now(timezone.utc)

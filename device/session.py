@@ -96,6 +96,7 @@ class ReadingSession:
         self.report = SessionReport()
         self._enter(State.ARMED, "waiting for the strip")
         captures: list[dict] = []
+        thumbnails: dict[str, bytes] = {}
         dipped_at = None
         try:
             self._check_climate()
@@ -104,7 +105,7 @@ class ReadingSession:
                         + ", ".join(f"{t:g}" for t in self.read_times) + " s")
             self._board(self.board.set_leds, 255, 255, 255)
             self.camera.start()
-            result = self._develop_and_read(dipped_at, captures)
+            result = self._develop_and_read(dipped_at, captures, thumbnails)
             outcome = "completed"
         except SessionEnded as ended:
             outcome = ended.outcome
@@ -114,7 +115,8 @@ class ReadingSession:
             self._lights_off_and_stop()
         result["session"] = {"outcome": outcome, "dipped_at_s": dipped_at, "captures": captures,
                              "states": self.report.state_log, "software_version": software_version()}
-        self.report.record = self.store.add(result, patient_id=patient_id, operator_id=operator_id)
+        self.report.record = self.store.add(result, patient_id=patient_id, operator_id=operator_id,
+                                            thumbnails=thumbnails)
         self.report.outcome = outcome
         self._enter(State.STORED, f"{outcome}: stored as record #{self.report.record.seq}")
         self._enter(State.IDLE)
@@ -166,8 +168,9 @@ class ReadingSession:
             raise SessionEnded("board_lost", "The reader's controller restarted during the test: repeat the "
                                              "test with a new strip.")
 
-    def _develop_and_read(self, dipped_at: float, captures: list[dict]) -> dict:
-        """A capture at each read time, each pad read from its own; the result assembled."""
+    def _develop_and_read(self, dipped_at: float, captures: list[dict], thumbnails: dict) -> dict:
+        """A capture at each read time, each pad read from its own (and pictured from it); the
+        result assembled."""
         window = self.product.read_window_s
         readings: dict[str, dict] = {}
         first_result = None
@@ -180,7 +183,7 @@ class ReadingSession:
                 raise SessionEnded("camera_lost", "The camera stopped working during the test: restart the "
                                                   "reader and repeat the test with a new strip.") from exc
             late = taken > read_at + LATE_TOLERANCE_S or taken > window.get("discard_after", float("inf"))
-            result = self.reader.read(photo, captured_at=datetime.now(timezone.utc))
+            result, crops = self.reader.read_with_crops(photo, captured_at=datetime.now(timezone.utc))
             captures.append({"read_at_s": read_at, "taken_at_s": round(taken, 2),
                              "image_sha256": result["provenance"]["image_sha256"], "status": result["status"]})
             self.on_progress(f"{taken:5.1f} s: read " + ", ".join(p.analyte for p in self.product.pads
@@ -192,6 +195,7 @@ class ReadingSession:
             for entry in result["analytes"]:
                 if self.product.pad(entry["analyte"]).read_at_s == read_at:
                     readings[entry["analyte"]] = _outside_window(entry) if late else entry
+                    thumbnails[entry["analyte"]] = crops[entry["analyte"]]
         analytes = [readings[p.analyte] for p in self.product.pads]
         if all("outside_read_window" in a["flags"] for a in analytes):
             return {"schema": "stripread.read/1", "status": "error",

@@ -212,3 +212,16 @@ def test_demo_runs_a_whole_session_end_to_end_in_a_subprocess(tmp_path):
         assert record.result["status"] == "ok" and record.patient_id == "DEMO"
         assert store.verify().first_broken_seq is None
     assert "DEMO" not in run.stderr          # no patient identifier in anything logged
+
+
+def test_each_pad_is_pictured_from_its_own_capture(reader, tmp_path):
+    import cv2
+    import numpy as np
+    session, _, _, store = _session(reader, tmp_path, [])
+    record = session.run().record
+    thumbnails = store.thumbnails(record.result_id)
+    assert set(thumbnails) == {p.analyte for p in reader.product.pads}
+    glu = cv2.imdecode(np.frombuffer(thumbnails["GLU"], np.uint8), cv2.IMREAD_COLOR)
+    assert glu.shape == (40, 40, 3)
+    centre, rim = glu[14:26, 14:26].reshape(-1, 3).mean(0), glu[:, :3].reshape(-1, 3).mean(0)
+    assert np.abs(centre - rim).max() > 5        # the pad differs from the strip around it
