@@ -139,12 +139,16 @@ class SimulatedCamera:
     name = "simulated"
 
     def __init__(self, product, clock, seed: int = 0, resolution: tuple[int, int] = STILL_SIZE):
-        from simulator.scene import random_scene
-        self.product, self.clock = product, clock
+        self.product, self.clock, self.resolution = product, clock, resolution
         self._rng = np.random.default_rng(seed)
-        self.spec = random_scene(self._rng, product=product, resolution=resolution, glare=None)
         self.dipped_at: float | None = None
         self.lost = False
+        self.new_strip()
+
+    def new_strip(self) -> None:
+        """A fresh strip (new concentrations, lot, placement) under a newly drawn light and pose."""
+        from simulator.scene import random_scene
+        self.spec = random_scene(self._rng, product=self.product, resolution=self.resolution, glare=None)
 
     @property
     def final_levels(self) -> dict[str, str]:

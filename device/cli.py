@@ -3,9 +3,11 @@ result schema), 2 bad usage or an unusable card/product file, 3 an internal erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -200,42 +202,61 @@ def cmd_demo(args) -> int:
     """A full timed reading session on the simulated reader: the simulated board (LEDs, strip
     sensor, climate) over a real serial link on a pseudo-terminal, the simulated camera whose pads
     develop after dipping, time compressed by --speed; the result printed and stored."""
-    import threading
-    from device.camera import SimulatedCamera
+    from device.rig import SimulatedRig
     from device.session import Clock, ReadingSession
     from device.store import ResultStore
     from firmware_bridge.host import ReaderBoard
-    from firmware_bridge.simulator import SimulatedBoard
     try:
         reader = _reader(args)
     except ReadError as err:
         print(format_table(_refusal(err.code, err.message)))
         return EXIT_REFUSED
     clock = Clock(args.speed)
-    camera = SimulatedCamera(reader.product, clock, seed=args.seed)
-    print(f"Simulated reader: a {reader.product.id} strip, camera '{camera.spec.camera}' under "
-          f"'{camera.spec.illuminant}' light, time x{args.speed:g}.")
-    with SimulatedBoard(seed=args.seed) as board_sim, ResultStore(args.db) as store, \
-            ReaderBoard(board_sim.port) as board:
-        print(f"Board firmware {board.info.firmware_version} on {board_sim.port}.")
-
-        def patient_dips_the_strip():
-            clock.sleep(2.0)
-            camera.dip(clock.now())
-            board_sim.insert_strip()
-
-        threading.Thread(target=patient_dips_the_strip, daemon=True).start()
-        session = ReadingSession(reader, board, camera, store, clock,
+    with SimulatedRig(reader.product, clock, seed=args.seed) as rig, ResultStore(args.db) as store, \
+            ReaderBoard(rig.port) as board:
+        print(f"Simulated reader: a {reader.product.id} strip, camera '{rig.camera.spec.camera}' under "
+              f"'{rig.camera.spec.illuminant}' light, time x{args.speed:g}; board firmware "
+              f"{'.'.join(map(str, board.info.firmware_version))} on {rig.port}.")
+        session = ReadingSession(reader, board, rig.camera, store, clock,
                                  on_progress=lambda message: print(f"  {message}", flush=True))
+        threading.Timer(2.0 / args.speed, rig.insert_strip).start()   # the patient, two seconds later
         report = session.run(patient_id="DEMO", operator_id="demo")
     result = report.record.result
     print()
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     if result.get("status") == "ok":
-        agree = sum(a["level"] == camera.final_levels[a["analyte"]] for a in result["analytes"])
+        agree = sum(a["level"] == rig.camera.final_levels[a["analyte"]] for a in result["analytes"])
         print(f"\n{agree} of {len(result['analytes'])} pads read at the level the simulator developed them to.")
     print(f"Stored as record #{report.record.seq} in {args.db}.")
     return EXIT_OK if result.get("status") == "ok" else EXIT_REFUSED
+
+
+def cmd_run(args) -> int:
+    """The reader's service loop (systemd runs this): strips in, sessions run, results stored."""
+    from device.rig import SimulatedRig
+    from device.service import ReaderService, install_json_logging, stop_on_signals
+    from device.session import Clock, ReadingSession
+    from device.store import ResultStore
+    from firmware_bridge.host import ReaderBoard
+    install_json_logging()
+    stop = threading.Event()
+    stop_on_signals(stop)
+    reader = _reader(args)
+    clock = Clock(args.speed if args.simulate else 1.0)
+    with contextlib.ExitStack() as stack:
+        if args.simulate:
+            rig = stack.enter_context(SimulatedRig(reader.product, clock, seed=args.seed))
+            port, camera = rig.port, rig.camera
+        else:
+            from device.camera import open_camera
+            port, camera = args.port, open_camera(args.camera)
+        board = stack.enter_context(ReaderBoard(port))
+        store = stack.enter_context(ResultStore(args.db))
+        session = ReadingSession(reader, board, camera, store, clock, stop=stop)
+        if args.simulate:
+            rig.patient(session, stop, strips=args.strips)
+        ReaderService(session, operator_id=args.operator).serve()
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
     spec_options(demo, model=True)
     db_option(demo)
     demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="the reader service: wait for strips, run sessions, store results")
+    run.add_argument("--port", default=os.environ.get("STRIPREAD_PORT", "/dev/ttyACM0"),
+                     help="serial port of the reader's board (default $STRIPREAD_PORT or /dev/ttyACM0)")
+    run.add_argument("--camera", default="auto", help="auto (Pi camera, else USB), picamera2 or opencv")
+    run.add_argument("--operator", help="operator id recorded with every result")
+    run.add_argument("--simulate", action="store_true", help="run on the built-in simulated reader, with a "
+                                                             "simulated patient inserting strips")
+    run.add_argument("--speed", type=float, default=20.0, help="time compression when simulating")
+    run.add_argument("--strips", type=int, help="when simulating: stop the patient after this many strips")
+    run.add_argument("--seed", type=int, default=0)
+    spec_options(run, model=True)
+    db_option(run)
+    run.set_defaults(func=cmd_run)
 
     history = sub.add_parser("history", help="past results, newest first")
     history.add_argument("--patient", help="only this patient's results")

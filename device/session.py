@@ -12,6 +12,7 @@ a fake clock in tests, so every transition can be driven deterministically.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -77,13 +78,15 @@ class ReadingSession:
     """One reader: its board (LEDs, strip sensor, climate, buttons), camera, read path and store."""
 
     def __init__(self, reader: Reader, board, camera: Camera, store: ResultStore, clock: Clock,
-                 on_progress=None):
+                 on_progress=None, stop: threading.Event | None = None):
         self.reader, self.board, self.camera, self.store, self.clock = reader, board, camera, store, clock
         self.on_progress = on_progress or (lambda message: None)   # one line per step, no patient data
+        self.stop = stop or threading.Event()                      # set: the reader is shutting down
         self.product = reader.product
         self.read_times = sorted({pad.read_at_s for pad in self.product.pads})
         self.state = State.IDLE
         self.report = SessionReport()
+        self.stored = 0                                            # sessions stored so far
 
     def _enter(self, state: State, message: str = "") -> None:
         self.state = state
@@ -91,8 +94,11 @@ class ReadingSession:
         if message:
             self.on_progress(message)
 
-    def run(self, patient_id: str | None = None, operator_id: str | None = None) -> SessionReport:
-        """One session from arming to a stored record, whatever happens in between."""
+    def run(self, patient_id: str | None = None, operator_id: str | None = None,
+            inserted_at: float | None = None, identify=None) -> SessionReport:
+        """One session from arming to a stored record, whatever happens in between; `inserted_at`
+        when the strip is already in (the service saw it go in); `identify(photo)` finds the patient
+        in the first capture when no `patient_id` is given."""
         self.report = SessionReport()
         self._enter(State.ARMED, "waiting for the strip")
         captures: list[dict] = []
@@ -100,12 +106,14 @@ class ReadingSession:
         dipped_at = None
         try:
             self._check_climate()
-            dipped_at = self._wait_for_strip()
+            dipped_at = self._wait_for_strip() if inserted_at is None else inserted_at
             self._enter(State.DEVELOPING, "strip in: developing, reads at "
                         + ", ".join(f"{t:g}" for t in self.read_times) + " s")
             self._board(self.board.set_leds, 255, 255, 255)
             self.camera.start()
-            result = self._develop_and_read(dipped_at, captures, thumbnails)
+            result, first_photo = self._develop_and_read(dipped_at, captures, thumbnails)
+            if patient_id is None and identify is not None and first_photo is not None:
+                patient_id = identify(first_photo)
             outcome = "completed"
         except SessionEnded as ended:
             outcome = ended.outcome
@@ -118,6 +126,7 @@ class ReadingSession:
         self.report.record = self.store.add(result, patient_id=patient_id, operator_id=operator_id,
                                             thumbnails=thumbnails)
         self.report.outcome = outcome
+        self.stored += 1
         self._enter(State.STORED, f"{outcome}: stored as record #{self.report.record.seq}")
         self._enter(State.IDLE)
         return self.report
@@ -143,7 +152,10 @@ class ReadingSession:
                                f"and {h_lo:.0f}-{h_hi:.0f} %. Test somewhere else.")
 
     def _events(self):
-        """Board events received since the last look."""
+        """Board events received since the last look; a shutdown request ends the session."""
+        if self.stop.is_set():
+            raise SessionEnded("shutdown", "The reader was switched off during the test: repeat the test "
+                                           "with a new strip.")
         while not self.board.events.empty():
             yield self.board.events.get_nowait()
 
@@ -168,12 +180,12 @@ class ReadingSession:
             raise SessionEnded("board_lost", "The reader's controller restarted during the test: repeat the "
                                              "test with a new strip.")
 
-    def _develop_and_read(self, dipped_at: float, captures: list[dict], thumbnails: dict) -> dict:
+    def _develop_and_read(self, dipped_at: float, captures: list[dict], thumbnails: dict) -> tuple[dict, bytes]:
         """A capture at each read time, each pad read from its own (and pictured from it); the
-        result assembled."""
+        result assembled, and the first photo."""
         window = self.product.read_window_s
         readings: dict[str, dict] = {}
-        first_result = None
+        first_result = first_photo = None
         for read_at in self.read_times:
             self._wait_until(dipped_at + read_at - EARLY_MARGIN_S)
             taken = self.clock.now() - dipped_at   # the shutter opens on request; delivery may take longer
@@ -189,8 +201,9 @@ class ReadingSession:
             self.on_progress(f"{taken:5.1f} s: read " + ", ".join(p.analyte for p in self.product.pads
                                                                   if p.read_at_s == read_at)
                              + ("" if result["status"] == "ok" else f" - refused ({result['error']['code']})"))
+            first_photo = first_photo or photo
             if result["status"] != "ok":
-                return result        # the strip cannot be read again later: refuse the session as a whole
+                return result, first_photo   # the strip cannot be read again later: refuse the session
             first_result = first_result or result
             for entry in result["analytes"]:
                 if self.product.pad(entry["analyte"]).read_at_s == read_at:
@@ -200,8 +213,8 @@ class ReadingSession:
         if all("outside_read_window" in a["flags"] for a in analytes):
             return {"schema": "stripread.read/1", "status": "error",
                     "error": {"code": "outside_read_window", "message": TOO_LATE_MESSAGE},
-                    "product": self.product.id, "provenance": first_result["provenance"]}
-        return {**first_result, "analytes": analytes}
+                    "product": self.product.id, "provenance": first_result["provenance"]}, first_photo
+        return {**first_result, "analytes": analytes}, first_photo
 
     def _wait_until(self, when: float) -> None:
         while True:

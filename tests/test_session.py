@@ -225,3 +225,72 @@ def test_each_pad_is_pictured_from_its_own_capture(reader, tmp_path):
     assert glu.shape == (40, 40, 3)
     centre, rim = glu[14:26, 14:26].reshape(-1, 3).mean(0), glu[:, :3].reshape(-1, 3).mean(0)
     assert np.abs(centre - rim).max() > 5        # the pad differs from the strip around it
+
+
+class StoppingClock(FakeClock):
+    """A fake clock that asks the reader to shut down once it reaches `at`."""
+
+    def __init__(self, stop, at):
+        super().__init__()
+        self.stop, self.at = stop, at
+
+    def sleep(self, seconds):
+        super().sleep(seconds)
+        if self.t >= self.at:
+            self.stop.set()
+
+
+def test_shutdown_during_a_session_stores_it_as_such(reader, tmp_path):
+    import threading
+    stop = threading.Event()
+    clock = StoppingClock(stop, at=50.0)
+    board = FakeBoard(clock, [(5.0, Event("strip_inserted"))])
+    camera = DippingCamera(reader.product, clock, seed=3, resolution=(1456, 1088))
+    camera.dip(5.0)
+    with ResultStore(tmp_path / "r.db") as store:
+        report = ReadingSession(reader, board, camera, store, clock, stop=stop).run()
+        assert report.outcome == "shutdown" and board.leds == (0, 0, 0)
+        assert store.history()[0].result["outcome"] == "shutdown"
+
+
+def test_a_patient_card_in_view_identifies_the_patient():
+    import cv2
+    import numpy as np
+    from device.service import patient_from_photo
+    from simulator.scene import photograph, random_scene
+    rng = np.random.default_rng(8)
+    data, _ = photograph(random_scene(rng, product="generic-10", resolution=(1456, 1088)), rng)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert patient_from_photo(data) is None
+    code = cv2.resize(cv2.QRCodeEncoder.create().encode("P-4711"), (160, 160), interpolation=cv2.INTER_NEAREST)
+    image[20:180, 20:180] = cv2.copyMakeBorder(code, 0, 0, 0, 0, cv2.BORDER_CONSTANT)[..., None]
+    assert patient_from_photo(cv2.imencode(".jpg", image)[1].tobytes()) == "P-4711"
+
+
+def test_the_service_runs_sessions_logs_json_without_patient_data_and_stops_on_sigterm(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = dict(os.environ, STRIPREAD_DATA=str(tmp_path))
+    service = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--simulate", "--speed", "60",
+                                "--strips", "2", "--operator", "N-9"],
+                               stderr=subprocess.PIPE, text=True, env=env)
+    deadline, lines = time.monotonic() + 90, []
+    while time.monotonic() < deadline:
+        line = service.stderr.readline()
+        lines.append(line)
+        if sum('"session completed"' in ln for ln in lines) == 2:
+            break
+    service.send_signal(signal.SIGTERM)
+    _, rest = service.communicate(timeout=30)
+    lines += rest.splitlines()
+    assert service.returncode == 0
+    entries = [json.loads(ln) for ln in lines if ln.strip()]
+    assert entries[-1]["msg"] == "reader stopped" and entries[-1]["sessions"] == 2
+    assert "N-9" not in "".join(lines)
+    with ResultStore(tmp_path / "results.db") as store:
+        records = store.history()
+        assert len(records) == 2 and all(r.operator_id == "N-9" for r in records)

@@ -1,0 +1,57 @@
+"""The built-in simulated reader: the simulated board (firmware on a pseudo-terminal, reached over
+a real serial link), the simulated camera, and a patient who dips and inserts strips. Used by
+`stripread demo`, `stripread run --simulate` and the session benchmark."""
+from __future__ import annotations
+
+import threading
+
+from device.camera import SimulatedCamera
+from device.session import Clock, State
+
+
+class SimulatedRig:
+    def __init__(self, product, clock: Clock, seed: int = 0):
+        from firmware_bridge.simulator import SimulatedBoard
+        self.clock = clock
+        self.board_sim = SimulatedBoard(seed=seed)
+        self.camera = SimulatedCamera(product, clock, seed=seed)
+
+    @property
+    def port(self) -> str:
+        return self.board_sim.port
+
+    def insert_strip(self) -> None:
+        """A freshly dipped strip goes into the tray."""
+        self.camera.dip(self.clock.now())
+        self.board_sim.insert_strip()
+
+    def remove_strip(self) -> None:
+        self.camera.remove()
+        self.board_sim.remove_strip()
+
+    def patient(self, session, stop: threading.Event, pause_s: float = 5.0, strips: int | None = None) -> threading.Thread:
+        """A thread that keeps testing: a new strip whenever the reader is idle, taken out once its
+        result is stored, then a pause; `strips` of them, or until `stop`."""
+        def loop():
+            done = 0
+            while not stop.is_set() and (strips is None or done < strips):
+                self.clock.sleep(pause_s)
+                self.camera.new_strip()
+                target = session.stored + 1
+                self.insert_strip()
+                while not stop.is_set() and (session.stored < target or session.state is not State.IDLE):
+                    self.clock.sleep(1.0)
+                self.remove_strip()
+                done += 1
+        thread = threading.Thread(target=loop, name="simulated-patient", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        self.board_sim.close()
+
+    def __enter__(self) -> SimulatedRig:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,94 @@
+"""`stripread run`: the reader's long-running service. It waits for a strip (the board's strip
+sensor, or the start button), runs a reading session, stores it, and waits again; it logs one JSON
+object per line (for journald or a log shipper) and never a patient identifier; SIGTERM ends it
+cleanly, a session in progress included (stored as `shutdown`).
+
+The patient is identified per session from a QR code on the patient's card, if one lies in the
+camera's view when the strip goes in; otherwise the record is stored without one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from device.session import POLL_S, ReadingSession
+
+log = logging.getLogger("stripread.service")
+_QR = cv2.QRCodeDetector()
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time, level, logger, message and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        return json.dumps(entry)
+
+
+def patient_from_photo(photo: bytes) -> str | None:
+    """The text of a QR code in the photo (the patient's card beside the tray), if any."""
+    image = cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        return None
+    text, _, _ = _QR.detectAndDecode(image)
+    return text or None
+
+
+class ReaderService:
+    """Waits for strips and runs sessions until `stop` is set."""
+
+    def __init__(self, session: ReadingSession, operator_id: str | None = None):
+        self.session, self.operator_id = session, operator_id
+        self.sessions = 0
+
+    def serve(self) -> int:
+        board, clock, stop = self.session.board, self.session.clock, self.session.stop
+        log.info("reader ready", extra={"fields": {"product": self.session.product.id,
+                                                   "camera": self.session.camera.name}})
+        while not stop.is_set():
+            event = self._next_event(board)
+            if event is None:
+                clock.sleep(POLL_S)
+                continue
+            if event.kind in ("link_lost", "link_restored", "board_reset", "lid"):
+                log.info("board %s", event.kind, extra={"fields": {"detail": str(event.detail)}})
+            if event.kind == "strip_inserted" or (event.kind == "button" and event.detail == "start"):
+                self._one_session(clock.now())
+        log.info("reader stopped", extra={"fields": {"sessions": self.sessions}})
+        return self.sessions
+
+    @staticmethod
+    def _next_event(board):
+        return None if board.events.empty() else board.events.get_nowait()
+
+    def _one_session(self, inserted_at: float) -> None:
+        started = time.monotonic()
+        report = self.session.run(operator_id=self.operator_id, inserted_at=inserted_at,
+                                  identify=patient_from_photo)
+        self.sessions += 1
+        record = report.record
+        log.info("session %s", report.outcome, extra={"fields": {
+            "record": record.seq, "status": record.result.get("status"),
+            "patient_identified": record.patient_id is not None, "seconds": round(time.monotonic() - started, 2)}})
+
+
+def install_json_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM (systemd stopping the service) and SIGINT set `stop`; the loop ends at its next look."""
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
