@@ -82,12 +82,13 @@ def _record_hash(prev_hash: str, result_id: str, stored_at: str, patient_id: str
 
 
 class ResultStore:
-    """One SQLite file; safe to open from several processes (WAL), one writer at a time."""
+    """One SQLite file; safe to open from several processes (WAL), one writer at a time. An object
+    may be handed to another thread (the service's session thread) but not used by two at once."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")       # a committed result survives a power cut
         self._db.execute("PRAGMA foreign_keys=ON")
