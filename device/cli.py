@@ -112,19 +112,14 @@ def cmd_card_print(args) -> int:
     return EXIT_OK
 
 
-def _simulated_photo(args, fault=None):
-    """A photo from the built-in simulated device: spectral render of a seeded random scene."""
+def cmd_simulate(args) -> int:
+    """A photo from the spectral simulator, for trying the reader without a camera."""
     import numpy as np
     from calibration.specs import load_card, load_product
     from simulator.scene import photograph, random_scene
     rng = np.random.default_rng(args.seed)
-    spec = random_scene(rng, product=load_product(args.product), card=load_card(args.card), fault=fault)
+    spec = random_scene(rng, product=load_product(args.product), card=load_card(args.card), fault=args.fault)
     data, truth = photograph(spec, rng)
-    return spec, data, truth
-
-
-def cmd_simulate(args) -> int:
-    spec, data, truth = _simulated_photo(args, args.fault)
     Path(args.out).write_bytes(data)
     expected = {a: t.level for a, t in truth.pads.items()}
     print(json.dumps({"photo": args.out, "illuminant": spec.illuminant, "camera": spec.camera,

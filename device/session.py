@@ -21,6 +21,7 @@ from enum import Enum
 from device.camera import Camera, CameraLost
 from device.read import Reader, software_version
 from device.store import ResultStore, StoredResult
+from firmware_bridge.host import BoardUnavailable
 
 LATE_TOLERANCE_S = 10.0        # a capture up to this late still reads its pads as at their read time
 EARLY_MARGIN_S = 0.5
@@ -133,7 +134,6 @@ class ReadingSession:
 
     def _board(self, call, *args):
         """A board call; a controller that stopped answering ends the session."""
-        from firmware_bridge.host import BoardUnavailable
         try:
             return call(*args)
         except BoardUnavailable as exc:
@@ -227,7 +227,6 @@ class ReadingSession:
 
     def _lights_off_and_stop(self) -> None:
         """Always leave the LEDs off and the camera closed, even when the session failed."""
-        from firmware_bridge.host import BoardUnavailable
         try:
             self.board.leds_off()
         except BoardUnavailable:

@@ -18,7 +18,7 @@ from calibration.errors import ReadError
 from calibration.observe import StripObservation
 from calibration.specs import Product
 from models.features import feature_names, strip_features
-from models.pads import OUT_OF_GAMUT_DE00, PadReading, chart_positions, interpret, value_at
+from models.pads import OUT_OF_GAMUT_DE00, PadReading, chart_positions, interpret, out_of_gamut, value_at
 
 MODEL_VERSION = "pads/2"
 DIFFICULTY_OFFSET = 0.5      # a photo's difficulty: card residual (dE00) + this; scales value intervals
@@ -110,7 +110,7 @@ class OnnxPadModel:
         readings = []
         for pad, chart in zip(self.product.pads, charts):
             if chart.gap > OUT_OF_GAMUT_DE00:
-                readings.append(PadReading(pad.analyte, None, None, 0.0, ["out_of_gamut"], round(chart.gap, 2)))
+                readings.append(out_of_gamut(pad, chart.gap))
                 continue
             probabilities = np.zeros(len(pad.levels))
             probabilities[self.classes[pad.analyte]] = results[f"{pad.analyte}_c_probabilities"][0]

@@ -91,6 +91,11 @@ def chart_positions(pads: tuple[Pad, ...], labs: np.ndarray) -> list[ChartPositi
     return result
 
 
+def out_of_gamut(pad: Pad, gap: float) -> PadReading:
+    """A pad whose colour is on no chart: flagged, never forced to a level (every model)."""
+    return PadReading(pad.analyte, None, None, 0.0, ["out_of_gamut"], round(gap, 2))
+
+
 def value_at(pad: Pad, position: float) -> float | None:
     """The pad's quantity at a fractional level position (linear between neighbouring levels)."""
     if not pad.quantitative:
@@ -113,7 +118,7 @@ class NearestChartColour:
         pads = observation.product.pads
         for pad, chart in zip(pads, chart_positions(pads, observation.pad_lab)):
             if chart.gap > OUT_OF_GAMUT_DE00:
-                readings.append(PadReading(pad.analyte, None, None, 0.0, ["out_of_gamut"], round(chart.gap, 2)))
+                readings.append(out_of_gamut(pad, chart.gap))
                 continue
             d = chart.distances
             weights = np.exp(-0.5 * ((d - d.min()) / sigma) ** 2)
