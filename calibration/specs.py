@@ -16,14 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from calibration.colour import hex_to_lab_d50
+from calibration.errors import SpecError
 
 DEFAULT_CARD = "card-v1"
 DEFAULT_PRODUCT = "generic-10"
 _DIRECTIONS = {"+x": (1.0, 0.0), "-x": (-1.0, 0.0), "+y": (0.0, 1.0), "-y": (0.0, -1.0)}
-
-
-class SpecError(ValueError):
-    """A card or product file that cannot be used."""
 
 
 def _require(obj: dict, key: str, where: str):

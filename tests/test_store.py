@@ -148,3 +148,14 @@ def test_history_export_and_verify_commands(tmp_path, capsys):
     db_raw.close()
     assert main(["verify", "--db", str(db)]) == 1
     assert "record #2: this record was altered" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["history"], ["verify"], ["export", "--format", "json"]])
+def test_store_commands_do_not_load_the_image_or_model_stack(tmp_path, command):
+    """On a Pi, looking at past results must not pay for OpenCV, numpy or onnxruntime."""
+    check = ("import sys; from device.cli import main; main(sys.argv[1:]); "
+             "heavy = [m for m in ('cv2', 'numpy', 'onnxruntime', 'sklearn') if m in sys.modules]; "
+             "assert not heavy, heavy")
+    run = subprocess.run([sys.executable, "-c", check, *command, "--db", str(tmp_path / "r.db")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
