@@ -23,7 +23,7 @@ MARGIN_MM = 4.0                     # profile runs this far beyond both ends of 
 ACROSS_MM = np.linspace(-1.5, 1.5, 7)
 ALONG_SUB_MM = np.array([-0.15, 0.0, 0.15])
 EDGE_MM = 0.8                       # bins this close to a boundary are ignored (placement jitter)
-SHIFTS = np.arange(-2, 3)           # +-1 mm in bins
+SHIFTS = np.arange(-4, 5)           # +-2 mm in bins: placement in the slot varies
 # Costs are mean CIELAB distances (CIE76): only compared with each other, so the cheap metric serves.
 COST_CAP = 30.0                     # one odd pad must not outweigh the whole profile
 MIN_MARGIN = 12.0                   # distance x mm by which the right way round must beat every other
