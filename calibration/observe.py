@@ -120,7 +120,8 @@ class StripObserver:
             raise ReadError("blurred", detect.BLURRED_MESSAGE)
         light, correction = self._calibrate(image, pose)
         match = self._locate_strip(image, pose, light, correction)
-        pad_lab, pad_glare = self._pad_colours(image, pose, light, correction, match.shift_mm)
+        pad_xy = self.card.slot_to_card(self._pad_offsets + match.shift_mm)
+        pad_lab, pad_glare = self._pad_colours(image, pose, light, correction, pad_xy)
         qc = {"card_id": self.card.id,
               "color_residual_de00": round(correction.residual_de00, 3),
               "color_residual_max_de00": round(correction.worst_de00, 3),
@@ -134,13 +135,12 @@ class StripObserver:
               "strip_shift_mm": match.shift_mm,
               "strip_match_de00": round(match.cost, 2),
               "strip_reversed_margin": round(match.reversed_margin, 1)}
-        pictures = self._pad_crops(image, pose, match.shift_mm) if crops else {}
+        pictures = self._pad_crops(image, pose, pad_xy) if crops else {}
         return StripObservation(self.product, pad_lab, match.base_lab, correction.residual_de00, pad_glare, qc,
                                 pictures)
 
-    def _pad_crops(self, image, pose, shift_mm: float) -> dict[str, bytes]:
+    def _pad_crops(self, image, pose, pad_xy: np.ndarray) -> dict[str, bytes]:
         """Each pad with a millimetre of strip around it, resampled to a small square PNG."""
-        pad_xy = self.card.slot_to_card(self._pad_offsets + shift_mm)
         half = max(p.size_mm for p in self.product.pads) / 2 + CROP_MARGIN_MM
         grid = sampling.square_grid(pad_xy, half, pose.px_per_mm, k=CROP_PX)
         # the slot runs along card x, so grid rows (card y) are the strip's width: transpose for the
@@ -183,9 +183,9 @@ class StripObserver:
         white_lab = correction.to_lab(np.ones((1, 3)))[0]   # the card's paper, as this photo shows it
         return match_strip(self.card, self.product, profile_lab, seen, white_lab)
 
-    def _pad_colours(self, image, pose, light, correction, shift_mm: float) -> tuple[np.ndarray, np.ndarray]:
-        """Each pad's corrected colour (CIELAB D50) and the fraction of it under a highlight."""
-        pad_xy = self.card.slot_to_card(self._pad_offsets + shift_mm)
+    def _pad_colours(self, image, pose, light, correction, pad_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each pad's corrected colour (CIELAB D50) at `pad_xy` (card mm) and the fraction of it
+        under a highlight."""
         pads = sampling.robust_colours(sampling.sample(
             image, pose, sampling.square_grid(pad_xy, self._pad_half, pose.px_per_mm)))
         if np.any(pads.specular > PAD_GLARE_REFUSE) or np.any(light.glare_near(pad_xy)):

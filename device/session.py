@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from enum import Enum
 
 from device.camera import Camera, CameraLost
-from device.read import Reader, software_version
+from device.read import SCHEMA, Reader, software_version
 from device.store import ResultStore, StoredResult
 from firmware_bridge.host import BoardUnavailable
 
@@ -211,7 +211,7 @@ class ReadingSession:
                     thumbnails[entry["analyte"]] = crops[entry["analyte"]]
         analytes = [readings[p.analyte] for p in self.product.pads]
         if all("outside_read_window" in a["flags"] for a in analytes):
-            return {"schema": "stripread.read/1", "status": "error",
+            return {"schema": SCHEMA, "status": "error",
                     "error": {"code": "outside_read_window", "message": TOO_LATE_MESSAGE},
                     "product": self.product.id, "provenance": first_result["provenance"]}, first_photo
         return {**first_result, "analytes": analytes}, first_photo
