@@ -6,6 +6,10 @@ written in one transaction, so after any crash a result is either wholly there (
 lab) or not there at all. Each record is chained to the one before it by SHA-256 over a canonical
 serialisation: altering, inserting or deleting a row breaks the chain, which `verify` reports.
 Patient and operator identifiers are stored (a history needs them) but never logged.
+
+Readings with status `ok` are queued in the outbox for the lab; refused readings and aborted
+sessions stay on the device. A result is `sent` once every configured lab destination has
+acknowledged it (`deliveries` keeps each acknowledgement), `failed` when a lab rejected it for good.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 GENESIS = "0" * 64
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     seq          INTEGER PRIMARY KEY,
@@ -46,7 +50,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    result_id   TEXT NOT NULL REFERENCES results (result_id),
+    destination TEXT NOT NULL,
+    acked_at    TEXT NOT NULL,
+    reference   TEXT NOT NULL,
+    PRIMARY KEY (result_id, destination)
+);
 """
+# version 1 queued every record; refusals and aborted sessions are not for the lab
+_MIGRATE_FROM_1 = ("DELETE FROM outbox WHERE state = 'pending' AND result_id IN"
+                   " (SELECT result_id FROM results WHERE status != 'ok')")
 
 
 def default_path() -> Path:
@@ -93,8 +107,11 @@ class ResultStore:
         self._db.execute("PRAGMA synchronous=FULL")       # a committed result survives a power cut
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
+            if version == 1:
+                self._db.execute(_MIGRATE_FROM_1)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -111,7 +128,7 @@ class ResultStore:
 
     def add(self, result: dict, patient_id: str | None = None, operator_id: str | None = None,
             thumbnails: dict[str, bytes] | None = None) -> StoredResult:
-        """Store a result with its thumbnails and queue it for the lab, atomically."""
+        """Store a result with its thumbnails and, when it is a reading, queue it for the lab, atomically."""
         result_id = str(uuid.uuid4())
         stored_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         result_json = json.dumps(result, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
@@ -126,7 +143,8 @@ class ResultStore:
                 (result_id, stored_at, patient_id, operator_id, status, result_json, prev_hash, digest))
             self._db.executemany("INSERT INTO thumbnails (result_id, analyte, png) VALUES (?, ?, ?)",
                                  [(result_id, a, png) for a, png in (thumbnails or {}).items()])
-            self._db.execute("INSERT INTO outbox (result_id) VALUES (?)", (result_id,))
+            if status == "ok":
+                self._db.execute("INSERT INTO outbox (result_id) VALUES (?)", (result_id,))
         return StoredResult(cursor.lastrowid, result_id, stored_at, patient_id, operator_id, result, digest)
 
     def history(self, patient_id: str | None = None, limit: int | None = None) -> list[StoredResult]:
@@ -145,6 +163,42 @@ class ResultStore:
     def outbox_counts(self) -> dict[str, int]:
         counts = dict(self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
         return {state: counts.get(state, 0) for state in ("pending", "sent", "failed")}
+
+    def pending(self, after_seq: int = 0, limit: int = 100) -> list[StoredResult]:
+        """Results waiting for the lab, oldest first, from after `after_seq`."""
+        rows = self._db.execute(
+            "SELECT r.seq, r.result_id, r.stored_at, r.patient_id, r.operator_id, r.result_json, r.hash"
+            " FROM outbox o JOIN results r USING (result_id) WHERE o.state = 'pending' AND r.seq > ?"
+            " ORDER BY r.seq LIMIT ?", (after_seq, limit))
+        return [StoredResult(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
+
+    def deliveries(self, result_id: str) -> dict[str, str]:
+        """Destination -> the lab's reference, for each lab that already acknowledged this result."""
+        return dict(self._db.execute("SELECT destination, reference FROM deliveries WHERE result_id = ?",
+                                     (result_id,)))
+
+    def record_delivery(self, result_id: str, destination: str, reference: str, complete: bool) -> None:
+        """A lab acknowledged the result; `complete` when it was the last destination to do so."""
+        acked_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO deliveries (result_id, destination, acked_at, reference)"
+                             " VALUES (?, ?, ?, ?)", (result_id, destination, acked_at, reference))
+            self._db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = NULL"
+                             + (", state = 'sent'" if complete else "") + " WHERE result_id = ?", (result_id,))
+
+    def record_attempt(self, result_id: str, error: str, permanent: bool) -> None:
+        """A send that did not get through: kept pending for a retry, or failed for a person to look at."""
+        self._db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?"
+                         + (", state = 'failed'" if permanent else "") + " WHERE result_id = ?", (error, result_id))
+
+    def failures(self) -> list[tuple[int, str, int, str]]:
+        """(seq, result_id, attempts, last_error) of every result a lab rejected."""
+        return list(self._db.execute("SELECT r.seq, o.result_id, o.attempts, o.last_error FROM outbox o"
+                                     " JOIN results r USING (result_id) WHERE o.state = 'failed' ORDER BY r.seq"))
+
+    def retry_failed(self) -> int:
+        """Queue rejected results again (after the cause was fixed at the lab or in the configuration)."""
+        return self._db.execute("UPDATE outbox SET state = 'pending' WHERE state = 'failed'").rowcount
 
     def verify(self) -> ChainReport:
         """Walk the chain from the first record: every hash must recompute and link to the last."""

@@ -159,3 +159,37 @@ def test_store_commands_do_not_load_the_image_or_model_stack(tmp_path, command):
     run = subprocess.run([sys.executable, "-c", check, *command, "--db", str(tmp_path / "r.db")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_only_readings_are_queued_for_the_lab(store):
+    store.add(RESULT)
+    store.add({"schema": "stripread.read/1", "status": "error", "error": {"code": "strip_reversed", "message": ""}})
+    store.add({"schema": "stripread.session/1", "status": "aborted", "outcome": "cancelled"})
+    assert store.outbox_counts() == {"pending": 1, "sent": 0, "failed": 0}
+    assert [r.result["status"] for r in store.pending()] == ["ok"]
+
+
+def test_a_result_is_sent_once_every_destination_acknowledged_it(store):
+    stored = store.add(RESULT)
+    store.record_delivery(stored.result_id, "fhir", "DiagnosticReport/7", complete=False)
+    assert store.outbox_counts()["pending"] == 1 and store.deliveries(stored.result_id) == {"fhir": "DiagnosticReport/7"}
+    store.record_attempt(stored.result_id, "hl7: the lab answered AE: unknown patient", permanent=True)
+    assert store.failures() == [(stored.seq, stored.result_id, 2, "hl7: the lab answered AE: unknown patient")]
+    assert store.retry_failed() == 1 and store.pending()[0].result_id == stored.result_id
+    store.record_delivery(stored.result_id, "hl7", "MSA|AA|x", complete=True)
+    assert store.outbox_counts() == {"pending": 0, "sent": 1, "failed": 0} and store.pending() == []
+
+
+def test_a_version_1_store_is_migrated_without_sending_its_refusals(tmp_path):
+    """Version 1 queued every record; opening it now drops the refusals from the outbox, nothing else."""
+    path = tmp_path / "v1.db"
+    with ResultStore(path) as s:
+        ok = s.add(RESULT)
+        refused = s.add({"schema": "stripread.read/1", "status": "error"})
+        s._db.execute("INSERT INTO outbox (result_id) VALUES (?)", (refused.result_id,))
+        s._db.execute("DROP TABLE deliveries")
+        s._db.execute("PRAGMA user_version=1")
+    with ResultStore(path) as s:
+        assert [r.result_id for r in s.pending()] == [ok.result_id]
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s.deliveries(ok.result_id) == {} and s.verify().first_broken_seq is None
