@@ -7,12 +7,12 @@ setup(
     name="stripread",
     version="0.1.0",
     description="Camera-based quantitative urine test-strip reader (card colour calibration, ONNX pad models)",
-    python_requires=">=3.9",
+    python_requires=">=3.11",     # tomllib; Raspberry Pi OS Bookworm ships 3.11
     packages=["device", "calibration", "models", "firmware_bridge", "simulator"],
     package_data={
         "calibration": ["data/cards/*.json", "data/products/*.json"],
         "models": ["data/*.json", "data/*.onnx"],
-        "device": ["data/*.json"],
+        "device": ["data/*.json", "data/*.toml"],
     },
     install_requires=[
         "numpy>=1.24",
@@ -22,13 +22,17 @@ setup(
         "pyserial>=3.5",
         "cobs>=1.2",
         "crc>=7.0",
+        # lab sync: FHIR R4 resources built and validated by their reference models (R4B module),
+        # HL7 v2 messages built, validated and parsed by a full 2.5.1 implementation
+        "fhir.resources>=8",
+        "hl7apy>=1.3.4",
     ],
     extras_require={
         # picamera2 needs libcamera: on Raspberry Pi OS install apt's python3-picamera2 instead
         "pi": ["picamera2"],
         # retraining the pad models (stripread train); reading needs only onnxruntime
         "train": TRAIN,
-        "test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6"] + TRAIN,
+        "test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6", "trustme>=1.1"] + TRAIN,
     },
     entry_points={"console_scripts": ["stripread = device.cli:main"]},
 )

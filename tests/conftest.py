@@ -27,3 +27,11 @@ def product():
 @pytest.fixture(scope="session")
 def acr_product():
     return load_product("acr-2")
+
+
+@pytest.fixture(scope="session")
+def lab_ca():
+    """A certificate authority made for this test run: it signs the loopback lab peers' server
+    certificates and the reader's client certificate (`ca.cert_pem.write_to_path(...)` for a CA file)."""
+    import trustme
+    return trustme.CA()
