@@ -193,6 +193,76 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
+def _lab_config(args):
+    """The lab configuration, or None (a message printed) when there is none or it is unusable."""
+    from device.lab import LabConfigError, find_config, load_config
+    path = find_config(args.lab_config)
+    if path is None:
+        print("no lab is configured: write /etc/stripread/lab.toml (see device/data/lab.example.toml) or pass "
+              "--lab-config", file=sys.stderr)
+        return None
+    try:
+        return load_config(path)
+    except LabConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def cmd_sync(args) -> int:
+    """One pass of the outbox to the lab, with progress and a summary; or the outbox's state.
+    Exit 0 when nothing is left to send and nothing was rejected, 1 otherwise, 2 without a usable
+    lab configuration."""
+    from device.store import ResultStore
+    with ResultStore(args.db) as store:
+        if args.retry_failed:
+            print(f"{store.retry_failed()} rejected result(s) queued again")
+        if args.status:
+            counts = store.outbox_counts()
+            print(f"{counts['pending']} pending, {counts['failed']} failed, {counts['sent']} sent")
+            for seq, _, attempts, error in store.failures():
+                print(f"  record #{seq} failed after {attempts} attempt(s): {error}")
+            return EXIT_OK if counts["pending"] == counts["failed"] == 0 else EXIT_REFUSED
+        config = _lab_config(args)
+        if config is None:
+            return EXIT_USAGE
+        from device.sync import Syncer, destinations
+        syncer = Syncer(store, destinations(config), config)
+        print(f"{store.outbox_counts()['pending']} result(s) to send to "
+              + ", ".join(sink.describe() for sink in syncer.sinks))
+        try:
+            summary = syncer.sync_once(on_progress=_progress)
+        finally:
+            syncer.close()
+        counts = store.outbox_counts()
+    print(f"{summary.sent} sent, {summary.failed} rejected by the lab, {counts['pending']} still pending")
+    for seq, reason in summary.failures:
+        print(f"  record #{seq}: {reason} (details: stripread sync --status)")
+    if summary.waiting:
+        print(("Stopped, the lab refused this reader: " if summary.refused else "Stopped, will retry later: ")
+              + summary.waiting)
+    return EXIT_OK if counts["pending"] == 0 and summary.failed == 0 else EXIT_REFUSED
+
+
+def _background_sync(args, stack: contextlib.ExitStack, stop: threading.Event) -> threading.Event | None:
+    """`stripread run` syncs in a thread of its own, with its own store connection; the returned
+    event wakes it when a session stored a result."""
+    from device.lab import find_config
+    if find_config(args.lab_config) is None:
+        return None          # a reader without a lab keeps its results; `stripread sync` later
+    config = _lab_config(args)
+    if config is None:
+        raise SystemExit(EXIT_USAGE)
+    from device.store import ResultStore
+    from device.sync import Syncer, destinations
+    syncer = Syncer(stack.enter_context(ResultStore(args.db)), destinations(config), config)
+    wake = threading.Event()
+    thread = threading.Thread(target=syncer.run, args=(stop, wake), name="lab-sync", daemon=True)
+    thread.start()
+    stack.callback(syncer.close)
+    stack.callback(thread.join)
+    return wake
+
+
 def cmd_demo(args) -> int:
     """A full timed reading session on the simulated reader: the simulated board (LEDs, strip
     sensor, climate) over a real serial link on a pseudo-terminal, the simulated camera whose pads
@@ -248,9 +318,11 @@ def cmd_run(args) -> int:
         board = stack.enter_context(ReaderBoard(port))
         store = stack.enter_context(ResultStore(args.db))
         session = ReadingSession(reader, board, camera, store, clock, stop=stop)
+        wake_sync = _background_sync(args, stack, stop)
         if args.simulate:
             rig.patient(session, stop, strips=args.strips)
-        ReaderService(session, operator_id=args.operator).serve()
+        ReaderService(session, operator_id=args.operator, on_stored=wake_sync.set if wake_sync else None).serve()
+        stop.set()          # the reader is done (or --strips ran out): the sync thread ends its pass
     return EXIT_OK
 
 
@@ -303,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--speed", type=float, default=20.0, help="time compression when simulating")
     run.add_argument("--strips", type=int, help="when simulating: stop the patient after this many strips")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--lab-config", help="lab configuration (default $STRIPREAD_LAB_CONFIG, /etc/stripread/"
+                                          "lab.toml, ~/.config/stripread/lab.toml); none: results stay here")
     spec_options(run, model=True)
     db_option(run)
     run.set_defaults(func=cmd_run)
@@ -322,6 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check the result store's hash chain: tampering shows")
     db_option(verify)
     verify.set_defaults(func=cmd_verify)
+
+    sync = sub.add_parser("sync", help="send stored results to the lab (FHIR and/or HL7 v2 over MLLP)")
+    sync.add_argument("--status", action="store_true", help="show pending, failed and sent counts and why "
+                                                            "results failed; send nothing")
+    sync.add_argument("--retry-failed", action="store_true", help="queue the results a lab rejected again")
+    sync.add_argument("--lab-config", help="lab configuration (default $STRIPREAD_LAB_CONFIG, "
+                                           "/etc/stripread/lab.toml, ~/.config/stripread/lab.toml)")
+    db_option(sync)
+    sync.set_defaults(func=cmd_sync)
 
     tr = sub.add_parser("train", help="train a product's pad models and export them to ONNX")
     tr.add_argument("--synthetic", type=int, default=0, metavar="N", help="render N synthetic scenes to train on")

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -44,8 +45,10 @@ def patient_from_photo(photo: bytes) -> str | None:
 class ReaderService:
     """Waits for strips and runs sessions until `stop` is set."""
 
-    def __init__(self, session: ReadingSession, operator_id: str | None = None):
+    def __init__(self, session: ReadingSession, operator_id: str | None = None,
+                 on_stored: Callable[[], None] | None = None):
         self.session, self.operator_id = session, operator_id
+        self.on_stored = on_stored or (lambda: None)     # e.g. wake the lab sync
         self.sessions = 0
 
     def serve(self) -> int:
@@ -77,6 +80,7 @@ class ReaderService:
         log.info("session %s", report.outcome, extra={"fields": {
             "record": record.seq, "status": record.result.get("status"),
             "patient_identified": record.patient_id is not None, "seconds": round(time.monotonic() - started, 2)}})
+        self.on_stored()
 
 
 def install_json_logging(level: int = logging.INFO) -> None:

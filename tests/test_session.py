@@ -267,14 +267,20 @@ def test_a_patient_card_in_view_identifies_the_patient():
     assert patient_from_photo(cv2.imencode(".jpg", image)[1].tobytes()) == "P-4711"
 
 
-def test_the_service_runs_sessions_logs_json_without_patient_data_and_stops_on_sigterm(tmp_path):
+def test_the_service_runs_sessions_syncs_them_logs_json_without_patient_data_and_stops_on_sigterm(tmp_path):
+    """`stripread run` end to end: two simulated strips, each result sent by the background sync
+    to a FHIR lab on loopback as the home reader's patient, whose id no log line shows."""
     import json
     import os
     import signal
     import subprocess
     import sys
     import time
-    env = dict(os.environ, STRIPREAD_DATA=str(tmp_path))
+    from simulator.lab_fhir import FhirPeer
+    lab = FhirPeer().start()
+    (tmp_path / "lab.toml").write_text('[lab]\nallow_insecure_loopback = true\ndefault_patient = "HOME-1"\n'
+                                       f'[fhir]\nurl = "{lab.url}"\n')
+    env = dict(os.environ, STRIPREAD_DATA=str(tmp_path), STRIPREAD_LAB_CONFIG=str(tmp_path / "lab.toml"))
     service = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--simulate", "--speed", "60",
                                 "--strips", "2", "--operator", "N-9"],
                                stderr=subprocess.PIPE, text=True, env=env)
@@ -284,13 +290,21 @@ def test_the_service_runs_sessions_logs_json_without_patient_data_and_stops_on_s
         lines.append(line)
         if sum('"session completed"' in ln for ln in lines) == 2:
             break
+    ok = sum('"status": "ok"' in ln for ln in lines)
+    while len(lab.resources("DiagnosticReport")) < ok and time.monotonic() < deadline:
+        time.sleep(0.05)
     service.send_signal(signal.SIGTERM)
     _, rest = service.communicate(timeout=30)
     lines += rest.splitlines()
     assert service.returncode == 0
     entries = [json.loads(ln) for ln in lines if ln.strip()]
     assert entries[-1]["msg"] == "reader stopped" and entries[-1]["sessions"] == 2
-    assert "N-9" not in "".join(lines)
+    assert "N-9" not in "".join(lines) and "HOME-1" not in "".join(lines)
     with ResultStore(tmp_path / "results.db") as store:
         records = store.history()
         assert len(records) == 2 and all(r.operator_id == "N-9" for r in records)
+        assert store.outbox_counts()["sent"] == ok >= 1
+    sent = {r["identifier"][0]["value"] for r in lab.resources("DiagnosticReport")}
+    assert sent == {f"urn:uuid:{r.result_id}" for r in records if r.result["status"] == "ok"}
+    assert lab.resources("DiagnosticReport")[0]["subject"]["identifier"]["value"] == "HOME-1"
+    lab.stop()
