@@ -7,6 +7,7 @@ file is refused at start rather than misreading strips later.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -96,6 +97,39 @@ class Pad:
     def quantitative(self) -> bool:
         return all(level.value is not None for level in self.levels)
 
+    def position(self, level: str, value: float | None = None) -> float:
+        """Where a level code, or a value in the pad's unit, sits on the chart in level steps
+        (fractional between levels; the value wins when the pad is quantitative and it is given;
+        clamped to the chart). A level not on the chart is a `ValueError`."""
+        codes = [lv.code for lv in self.levels]
+        if level not in codes:
+            raise ValueError(f"{self.analyte}: {level!r} is not one of the levels {codes}")
+        if value is None or not self.quantitative:
+            return float(codes.index(level))
+        return self.value_position(value)
+
+    def cell_position(self, cell: str) -> float | None:
+        """A level code or a value in the pad's unit, as written in a technician's CSV, as a chart
+        position; None for an empty cell; a `ValueError` naming the pad otherwise."""
+        cell = cell.strip()
+        if not cell:
+            return None
+        codes = [level.code for level in self.levels]
+        if cell in codes or not self.quantitative:
+            return self.position(cell)
+        try:
+            value = float(cell)
+        except ValueError:
+            raise ValueError(f"{self.analyte}: {cell!r} is neither a level {codes} nor a number") from None
+        values = [level.value for level in self.levels]
+        if not values[0] <= value <= values[-1]:
+            raise ValueError(f"{self.analyte}: {value} is outside the chart ({values[0]}..{values[-1]})")
+        return self.value_position(value)
+
+    def value_position(self, value: float) -> float:
+        """A value in the pad's unit as a fractional chart position, clamped to the chart."""
+        return float(np.interp(value, [lv.value for lv in self.levels], np.arange(len(self.levels))))
+
 
 @dataclass(frozen=True, eq=False)
 class Product:
@@ -108,6 +142,12 @@ class Product:
     pads: tuple[Pad, ...]
     derived: tuple[dict, ...]
     source: dict
+
+    @cached_property
+    def chart_digest(self) -> str:
+        """Hash of what models and lot calibrations depend on: pads, levels and chart colours."""
+        chart = [[p.analyte, [[lv.code, lv.value, lv.srgb] for lv in p.levels]] for p in self.pads]
+        return hashlib.sha256(json.dumps(chart, sort_keys=True).encode()).hexdigest()
 
     def pad(self, analyte: str) -> Pad:
         for pad in self.pads:
@@ -201,6 +241,11 @@ def load_card(name_or_path: str | Path = DEFAULT_CARD) -> Card:
     """A built-in card by id (e.g. 'card-v1') or a card file by path."""
     path = _builtin("cards", str(name_or_path)) or Path(name_or_path)
     return _parse_card(_load_json(path), str(path))
+
+
+def card_from_document(doc: dict, where: str) -> Card:
+    """A card from its parsed JSON (e.g. a measured card kept in a calibration record)."""
+    return _parse_card(doc, where)
 
 
 def load_product(name_or_path: str | Path = DEFAULT_PRODUCT) -> Product:

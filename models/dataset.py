@@ -22,7 +22,7 @@ import numpy as np
 
 from calibration.errors import ReadError
 from calibration.observe import StripObserver
-from calibration.specs import Card, Pad, Product, load_card, load_product
+from calibration.specs import Card, Product, load_card, load_product
 from models.features import strip_features
 
 TRAIN_RESOLUTIONS = ((1456, 1088), (2028, 1520))
@@ -100,26 +100,6 @@ def _collect(data: TrainingSet, result: tuple[list, dict] | None) -> None:
             data.add(pad.analyte, row, positions[pad.analyte])
 
 
-def level_position(pad: Pad, cell: str) -> float | None:
-    """A labels.csv cell -> fractional level position; None for an empty cell."""
-    cell = cell.strip()
-    if not cell:
-        return None
-    codes = [level.code for level in pad.levels]
-    if cell in codes:
-        return float(codes.index(cell))
-    if not pad.quantitative:
-        raise ValueError(f"{pad.analyte}: {cell!r} is not one of the levels {codes}")
-    try:
-        value = float(cell)
-    except ValueError:
-        raise ValueError(f"{pad.analyte}: {cell!r} is neither a level {codes} nor a number") from None
-    values = [level.value for level in pad.levels]
-    if not values[0] <= value <= values[-1]:
-        raise ValueError(f"{pad.analyte}: {value} is outside the chart ({values[0]}..{values[-1]})")
-    return float(np.interp(value, values, np.arange(len(values))))
-
-
 def real_captures(product: Product, card: Card, directory: Path,
                   progress: Callable[[int, int], None] | None = None) -> TrainingSet:
     """A technician's labelled photos (see the module's docstring for the format)."""
@@ -132,7 +112,7 @@ def real_captures(product: Product, card: Card, directory: Path,
         except (ReadError, OSError):
             _collect(data, None)
         else:
-            positions = {pad.analyte: level_position(pad, row.get(pad.analyte, "")) for pad in product.pads}
+            positions = {pad.analyte: pad.cell_position(row.get(pad.analyte, "")) for pad in product.pads}
             _collect(data, (strip_features(observation), positions))
         if progress:
             progress(done, len(rows))

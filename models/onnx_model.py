@@ -7,7 +7,6 @@ once per reader, single-threaded (a Pi core runs a whole strip well under a mill
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -25,12 +24,6 @@ DIFFICULTY_OFFSET = 0.5      # a photo's difficulty: card residual (dE00) + this
 META = "stripread."          # prefix of this project's keys in the file's metadata_props
 REFERENCE_TOLERANCE = 1e-4   # float32 inference against scikit-learn's float64
 _FAIL = "The reader's analysis model is missing or damaged, so no result can be given: contact support."
-
-
-def chart_digest(product: Product) -> str:
-    """Hash of what a model depends on in the product file: pads, levels and chart colours."""
-    chart = [[p.analyte, [[lv.code, lv.value, lv.srgb] for lv in p.levels]] for p in product.pads]
-    return hashlib.sha256(json.dumps(chart, sort_keys=True).encode()).hexdigest()
 
 
 def default_model_path(product: Product) -> Path:
@@ -76,7 +69,7 @@ class OnnxPadModel:
             raise _refuse(f"{self.path}: model version {meta.get('model_version')!r}, expected {MODEL_VERSION!r}")
         if meta.get("product") != self.product.id:
             raise _refuse(f"{self.path}: made for product {meta.get('product')!r}, not {self.product.id!r}")
-        if meta.get("chart_sha256") != chart_digest(self.product):
+        if meta.get("chart_sha256") != self.product.chart_digest:
             raise _refuse(f"{self.path}: the product's chart changed since the model was trained")
         try:
             parsed = {key: json.loads(meta[key])

@@ -31,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 
 from models.dataset import TrainingSet
 from models.features import feature_names
-from models.onnx_model import DIFFICULTY_OFFSET, META, MODEL_VERSION, chart_digest
+from models.onnx_model import DIFFICULTY_OFFSET, META, MODEL_VERSION
 
 REFERENCE_ROWS = 12          # training rows per analyte whose scikit-learn outputs the file carries
 INTERVAL_COVERAGE = 0.9
@@ -119,7 +119,7 @@ def export(models: dict[str, AnalyteModel], data: TrainingSet, path: Path) -> Pa
     meta = {
         "model_version": MODEL_VERSION,
         "product": product.id,
-        "chart_sha256": chart_digest(product),
+        "chart_sha256": product.chart_digest,
         "training_data_sha256": data.digest(),
         "training_photos": str(data.photos),
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -184,13 +184,13 @@ def test_real_captures_folder(tmp_path, product):
 
 @pytest.mark.parametrize("cell,expected", [("neg", 0.0), ("250", 2.0), ("175", 1.5), ("", None)])
 def test_label_cells(cell, expected, product):
-    assert dataset.level_position(product.pad("GLU"), cell) == expected
+    assert product.pad("GLU").cell_position(cell) == expected
 
 
 @pytest.mark.parametrize("cell", ["lots", "5000", "-1"])
 def test_bad_label_cells_are_refused(cell, product):
     with pytest.raises(ValueError, match="GLU"):
-        dataset.level_position(product.pad("GLU"), cell)
+        product.pad("GLU").cell_position(cell)
 
 
 def _observation_at_levels(product, levels: dict, residual: float = 1.0):
