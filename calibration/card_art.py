@@ -99,15 +99,17 @@ def palette_srgb(card: Card) -> np.ndarray:
     return np.array(colours)
 
 
-def white_mask(card: Card, px_per_mm: float, clearance_mm: float) -> np.ndarray:
+def white_mask(card: Card, px_per_mm: float, clearance_mm: float, with_slot: bool = False) -> np.ndarray:
     """True where the card is bare background at least `clearance_mm` from any print, the strip
-    slot and the card's edge: the places whose colour is a known white."""
+    slot (unless `with_slot`: a blank card's empty slot is white too) and the card's edge: the
+    places whose colour is a known white."""
     labels = label_map(card, px_per_mm)
     keep = (labels == BACKGROUND).astype(np.uint8)
-    slot = np.array([card.slot_to_card(s, t) for s in (0.0, card.slot_length_mm)
-                     for t in (-card.slot_width_mm / 2, card.slot_width_mm / 2)])
-    lo, hi = slot.min(0) * px_per_mm, slot.max(0) * px_per_mm
-    keep[int(lo[1]):int(np.ceil(hi[1])), int(lo[0]):int(np.ceil(hi[0]))] = 0
+    if not with_slot:
+        slot = np.array([card.slot_to_card(s, t) for s in (0.0, card.slot_length_mm)
+                         for t in (-card.slot_width_mm / 2, card.slot_width_mm / 2)])
+        lo, hi = slot.min(0) * px_per_mm, slot.max(0) * px_per_mm
+        keep[int(lo[1]):int(np.ceil(hi[1])), int(lo[0]):int(np.ceil(hi[0]))] = 0
     keep[[0, -1], :] = 0
     keep[:, [0, -1]] = 0
     radius = max(1, int(round(clearance_mm * px_per_mm)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from calibration import card_art
 from calibration.colour import srgb_to_linear
 from calibration.errors import ReadError
 from calibration.specs import Card
+
+if TYPE_CHECKING:
+    from calibration.camera_calibration import FlatField
 
 GRID_MM = 3.5
 CLEARANCE_MM = 1.2
@@ -45,7 +49,7 @@ def white_points(card: Card) -> np.ndarray:
     return _white_points(card)
 
 
-def _design(points_mm: np.ndarray, card: Card) -> np.ndarray:
+def surface_design(points_mm: np.ndarray, card: Card) -> np.ndarray:
     x = points_mm[..., 0] / card.size_mm[0] * 2 - 1
     y = points_mm[..., 1] / card.size_mm[1] * 2 - 1
     return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y, x ** 3, x * x * y], axis=-1)
@@ -58,9 +62,11 @@ class IlluminationField:
     rms_residual: float
     white_clipped: bool        # the white saturated: the field is flat and its level unknown
     glare_points: np.ndarray   # (G, 2) mm: white samples brighter than paper can be, i.e. highlights
+    flat_field: FlatField | None = None   # the reader's measured light and lens (camera calibration)
 
     def white_at(self, points_mm: np.ndarray) -> np.ndarray:
-        return np.exp(_design(points_mm, self.card) @ self.coefficients)
+        white = np.exp(surface_design(points_mm, self.card) @ self.coefficients)
+        return white if self.flat_field is None else white * self.flat_field.at(points_mm)
 
     def relative(self, rgb: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
         """Non-linear camera RGB at card points -> linear RGB relative to the local card white."""
@@ -79,19 +85,23 @@ class IlluminationField:
         return len(self.glare_points) / len(white_points(self.card))
 
 
-def fit_illumination(card: Card, white_rgb: np.ndarray, white_clipped: np.ndarray) -> IlluminationField:
+def fit_illumination(card: Card, white_rgb: np.ndarray, white_clipped: np.ndarray,
+                     flat_field: FlatField | None = None) -> IlluminationField:
     """Fit log(white) as a cubic-in-x, quadratic-in-y surface per channel, robustly: a plane first,
     then the full surface, each time dropping samples far off it. Paper cannot be brighter than the
     light falling on it, so samples well above the surface are highlights (glare), kept as a map;
     samples well below it are shadows or marks, and too many of them raise `calibration_failed`.
     Where most of the white is clipped (a camera exposing for the patches) the field is taken as
-    flat: the colour correction then finds the white level from the patches alone."""
+    flat: the colour correction then finds the white level from the patches alone. A camera
+    calibration's `flat_field` divides the white first: the surface then fits only what remains."""
     points = white_points(card)
-    design = _design(points, card)
+    design = surface_design(points, card)
     unclipped = white_clipped < 0.5
     if unclipped.mean() < MIN_UNCLIPPED:
-        return IlluminationField(np.zeros((design.shape[1], 3)), card, 0.0, True, np.empty((0, 2)))
+        return IlluminationField(np.zeros((design.shape[1], 3)), card, 0.0, True, np.empty((0, 2)), flat_field)
     logs = np.log(np.clip(srgb_to_linear(white_rgb), 1e-4, None))
+    if flat_field is not None:
+        logs -= np.log(flat_field.at(points))
     keep = unclipped.copy()
     for terms in (3, design.shape[1], design.shape[1]):
         coef, *_ = np.linalg.lstsq(design[keep, :terms], logs[keep], rcond=None)
@@ -112,4 +122,4 @@ def fit_illumination(card: Card, white_rgb: np.ndarray, white_clipped: np.ndarra
         raise ReadError("calibration_failed", "The light across the card is uneven (a shadow or a mark on "
                                               "the card): close the lid, clean the card and read again.")
     saturated_paper = bool(np.any(~unclipped & ~glare))   # clipped where no highlight explains it
-    return IlluminationField(coefficients, card, rms, saturated_paper, points[glare])
+    return IlluminationField(coefficients, card, rms, saturated_paper, points[glare], flat_field)

@@ -7,6 +7,7 @@ training (`models.train`) both start from here. Failures are `ReadError`s with a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -16,6 +17,9 @@ from calibration.correction import DEFAULT_TERMS, fit_correction
 from calibration.errors import ReadError
 from calibration.specs import Card, Product
 from calibration.strip import match_strip, profile_points
+
+if TYPE_CHECKING:
+    from calibration.camera_calibration import FlatField
 
 WORK_LONG_SIDE = 2100        # decode larger JPEGs at 1/2 or 1/4 scale: pads stay >= 14 px wide
 PATCH_INNER = 0.6            # fraction of a patch or pad side that is sampled (edges bleed)
@@ -96,6 +100,7 @@ class StripObserver:
     card: Card
     product: Product
     correction_terms: str = DEFAULT_TERMS
+    flat_field: FlatField | None = None     # the technician's camera calibration, if any
 
     def __post_init__(self):
         self._neutral = np.array([p.role == "neutral" for p in self.card.patches])
@@ -118,7 +123,7 @@ class StripObserver:
         sharpness = detect.marker_sharpness(gray, self.card, pose)
         if sharpness < detect.MIN_SHARPNESS:
             raise ReadError("blurred", detect.BLURRED_MESSAGE)
-        light, correction = self._calibrate(image, pose)
+        light, correction = self.calibrate(image, pose)
         match = self._locate_strip(image, pose, light, correction)
         pad_xy = self.card.slot_to_card(self._pad_offsets + match.shift_mm)
         pad_lab, pad_glare = self._pad_colours(image, pose, light, correction, pad_xy)
@@ -152,14 +157,15 @@ class StripObserver:
             crops[pad.analyte] = cv2.imencode(".png", np.ascontiguousarray(tile))[1].tobytes()
         return crops
 
-    def _calibrate(self, image: np.ndarray, pose: detect.CardPose):
-        """The light across the card from its white, then the colour correction from its patches."""
+    def calibrate(self, image: np.ndarray, pose: detect.CardPose):
+        """The light across the card from its white, then the colour correction from its patches
+        (public: a technician's card measurement is judged by exactly this step)."""
         ppm = pose.px_per_mm
         white = sampling.robust_colours(sampling.sample(
             image, pose, sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)))
         if np.median(white.rgb.mean(axis=1)) < TOO_DARK:
             raise ReadError("too_dark", TOO_DARK_MESSAGE)
-        light = illumination.fit_illumination(self.card, white.rgb, white.clipped)
+        light = illumination.fit_illumination(self.card, white.rgb, white.clipped, self.flat_field)
         if np.any(light.glare_near(self._nominal_pad_xy)):
             raise ReadError("glare", PAD_GLARE_MESSAGE)
         patches = sampling.robust_colours(sampling.sample(

@@ -32,6 +32,9 @@ STRIP_SHADOW_BLUR_MM = 0.25
 MOTTLE_GRAIN_MM = 0.4       # size of the blotches in a reagent pad's dye density
 PAPER_GRAIN_MM = 0.15       # paper fibre scale
 TRAY_BLOTCH_PX = 48         # low-frequency unevenness of the tray surface, frame pixels
+# where a reader's four LEDs put their brightest light (frame fractions x, y, spread): narrower than
+# the card-wide light field, so a per-photo smooth fit to the card's white cannot follow them
+LED_HOTSPOTS = ((0.32, 0.42, 0.06), (0.68, 0.42, 0.06), (0.40, 0.60, 0.05), (0.60, 0.60, 0.05))
 FIELD_DOWNSCALE = 8         # smooth fields (light, vignetting) are computed coarse and upsampled
 TONE_LUT_LEVELS = 2 ** 16  # linear 0..1 as uint16 indexes the tone curve
 WRITE_JPEG_QUALITY = 95     # for saving a scene rendered without the camera's own JPEG
@@ -94,6 +97,7 @@ class SceneSpec:
     light_gradient: tuple[float, float] = (0.0, 0.0)  # amplitude at the card's edge, direction deg
     light_falloff: tuple[float, float, float] = (0.0, 70.0, 25.0)  # loss at 100 mm, centre x, y mm
     vignetting: float = 0.0  # loss at the frame's corners
+    led_hotspots: float = 0.0  # extra light where the reader's LEDs point (fixed in the frame): peak gain - 1
     glare: Glare | None = None
     # camera
     white_balance: str = "illuminant"  # "illuminant" (light estimate) or "grey_world"
@@ -485,7 +489,9 @@ def _light_field(spec: SceneSpec, card: Card, h: np.ndarray) -> np.ndarray:
     loss, fx, fy = spec.light_falloff
     light *= np.clip(1 - loss * (np.linalg.norm(mm - [fx, fy], axis=-1) / 100.0) ** 2, 0.2, None)
     r = np.hypot(gx - width / 2, gy - height / 2) / math.hypot(width / 2, height / 2)
-    coarse = (spec.exposure * np.clip(light, 0, None) * (1 - spec.vignetting * r ** 2)).astype(np.float32)
+    hotspots = 1 + spec.led_hotspots * sum(np.exp(-((gx / width - x) ** 2 + (gy / height - y) ** 2) / (2 * s ** 2))
+                                           for x, y, s in LED_HOTSPOTS)
+    coarse = (spec.exposure * np.clip(light, 0, None) * (1 - spec.vignetting * r ** 2) * hotspots).astype(np.float32)
     return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
 
 

@@ -1,0 +1,100 @@
+"""The technicians' records: camera calibrations, measured cards, strip-lot calibrations, QC runs
+and the QC schedule, each stored once and never changed.
+
+A record's id is its kind and the first 12 hex digits of the SHA-256 of its content (kind,
+subject, time, operator, payload), so the id a result's provenance names pins exactly what
+calibrated it, and an edited record no longer matches its id (`verify`). They live in the
+device's database file beside the results (their own table), so one backup holds both.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+KINDS = ("camera", "card", "lot", "qc", "qc_schedule")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calibration_records (
+    seq        INTEGER PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    kind       TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    operator   TEXT,
+    payload    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calibration_records_kind ON calibration_records (kind, subject, seq)
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    kind: str            # camera, card, lot, qc, qc_schedule
+    subject: str         # what it calibrates: the device, a card id, a lot id, a control id
+    created_at: str
+    operator: str | None
+    payload: dict
+
+
+def _record_id(kind: str, subject: str, created_at: str, operator: str | None, payload_json: str) -> str:
+    canonical = json.dumps([kind, subject, created_at, operator, payload_json], separators=(",", ":"))
+    return f"{kind.replace('_', '-')}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
+
+
+class Records:
+    """The calibration records in one SQLite file (WAL, durable commits)."""
+
+    def __init__(self, path: Path | str):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        for statement in _SCHEMA.split(";"):
+            self._db.execute(statement)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Records:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add(self, kind: str, subject: str, payload: dict, operator: str | None = None) -> Record:
+        if kind not in KINDS:
+            raise ValueError(f"unknown record kind {kind!r}")
+        created_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        payload_json = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        record_id = _record_id(kind, subject, created_at, operator, payload_json)
+        self._db.execute("INSERT INTO calibration_records (id, kind, subject, created_at, operator, payload)"
+                         " VALUES (?, ?, ?, ?, ?, ?)", (record_id, kind, subject, created_at, operator, payload_json))
+        return Record(record_id, kind, subject, created_at, operator, payload)
+
+    def latest(self, kind: str, subject: str | None = None) -> Record | None:
+        """The newest record of a kind (for one subject): the one in force."""
+        found = self.history(kind, subject, limit=1)
+        return found[0] if found else None
+
+    def history(self, kind: str, subject: str | None = None, limit: int | None = None) -> list[Record]:
+        """Newest first."""
+        query = "SELECT id, kind, subject, created_at, operator, payload FROM calibration_records WHERE kind = ?"
+        args: list = [kind]
+        if subject is not None:
+            query, args = query + " AND subject = ?", args + [subject]
+        query += " ORDER BY seq DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return [Record(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in self._db.execute(query, args)]
+
+    def get(self, record_id: str) -> Record | None:
+        row = self._db.execute("SELECT id, kind, subject, created_at, operator, payload FROM calibration_records"
+                               " WHERE id = ?", (record_id,)).fetchone()
+        return Record(row[0], row[1], row[2], row[3], row[4], json.loads(row[5])) if row else None
+
+    def verify(self) -> list[str]:
+        """Ids of records whose content no longer matches their id (edited after they were made)."""
+        rows = self._db.execute("SELECT id, kind, subject, created_at, operator, payload FROM calibration_records")
+        return [r[0] for r in rows if _record_id(r[1], r[2], r[3], r[4], r[5]) != r[0]]
