@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.11",     # tomllib; Raspberry Pi OS Bookworm ships 3.11
     packages=["device", "calibration", "models", "firmware_bridge", "simulator"],
     package_data={
-        "calibration": ["data/cards/*.json", "data/products/*.json"],
+        "calibration": ["data/cards/*.json", "data/products/*.json", "data/controls/*.toml"],
         "models": ["data/*.json", "data/*.onnx"],
         "device": ["data/*.json", "data/*.toml"],
     },
@@ -26,6 +26,8 @@ setup(
         # HL7 v2 messages built, validated and parsed by a full 2.5.1 implementation
         "fhir.resources>=8",
         "hl7apy>=1.3.4",
+        # QC's Levey-Jennings charts (and later the trend plots); imported only when drawing
+        "matplotlib>=3.7",
     ],
     extras_require={
         # picamera2 needs libcamera: on Raspberry Pi OS install apt's python3-picamera2 instead

@@ -2,6 +2,7 @@
 them too). `ReadError`: an error code of `stripread.read/1` and a sentence a patient or nurse can
 act on; anything else escaping the read path is a bug (code `internal`). `SpecError`: a card or
 product file that cannot be used."""
+from __future__ import annotations
 
 
 class SpecError(ValueError):
@@ -9,7 +10,11 @@ class SpecError(ValueError):
 
 
 class ReadError(Exception):
-    def __init__(self, code: str, message: str):
+    """`reason` refines a schema code where the code alone is too coarse (e.g. `lot_expired` for
+    `wrong_strip`); it is an added key of the result's `error`, so the code list stays the contract's."""
+
+    def __init__(self, code: str, message: str, reason: str | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason

@@ -32,7 +32,9 @@ class CameraLost(Exception):
 class Camera(Protocol):
     name: str
 
-    def start(self) -> None: ...
+    def start(self, locked: dict | None = None) -> dict:
+        """Open and settle; with `locked` (a camera calibration's settings) use exactly those.
+        Returns the exposure and white-balance settings in force."""
 
     def capture(self) -> bytes: ...
 
@@ -56,13 +58,16 @@ class PiCamera:
         self._cam = Picamera2()
         self._cam.configure(self._cam.create_still_configuration(main={"size": size, "format": "RGB888"}))
 
-    def start(self) -> None:
+    def start(self, locked: dict | None = None) -> dict:
         self._cam.start()
-        time.sleep(SETTLE_S)
-        meta = self._cam.capture_metadata()
-        self._cam.set_controls({"AeEnable": False, "AwbEnable": False, "ExposureTime": meta["ExposureTime"],
-                                "AnalogueGain": meta["AnalogueGain"], "ColourGains": meta["ColourGains"]})
+        if not locked:
+            time.sleep(SETTLE_S)
+            meta = self._cam.capture_metadata()
+            locked = {"ExposureTime": meta["ExposureTime"], "AnalogueGain": meta["AnalogueGain"],
+                      "ColourGains": list(meta["ColourGains"])}
+        self._cam.set_controls({"AeEnable": False, "AwbEnable": False, **locked})
         time.sleep(0.2)   # the locked controls take effect a couple of frames later
+        return dict(locked)
 
     def capture(self) -> bytes:
         try:
@@ -84,17 +89,23 @@ class OpenCVCamera:
         self.index, self.size = index, size
         self._cap = None
 
-    def start(self) -> None:
+    def start(self, locked: dict | None = None) -> dict:
         self._cap = cv2.VideoCapture(self.index)
         if not self._cap.isOpened():
             raise CameraLost(f"no camera at index {self.index}")
         self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
         self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
-        deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < deadline:
-            self._cap.read()
+        if not locked:
+            deadline = time.monotonic() + SETTLE_S
+            while time.monotonic() < deadline:
+                self._cap.read()
         self._cap.set(cv2.CAP_PROP_AUTO_EXPOSURE, 1)       # V4L2: 1 = manual, keeps the settled exposure
         self._cap.set(cv2.CAP_PROP_AUTO_WB, 0)
+        if locked:
+            self._cap.set(cv2.CAP_PROP_EXPOSURE, locked["exposure"])
+            self._cap.set(cv2.CAP_PROP_WB_TEMPERATURE, locked["wb_temperature"])
+        return {"exposure": self._cap.get(cv2.CAP_PROP_EXPOSURE),
+                "wb_temperature": self._cap.get(cv2.CAP_PROP_WB_TEMPERATURE)}
 
     def capture(self) -> bytes:
         for _ in range(2):   # drop a frame buffered before the request
@@ -117,9 +128,10 @@ class ReplayCamera:
         self._photos = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         self._next = 0
 
-    def start(self) -> None:
+    def start(self, locked: dict | None = None) -> dict:
         if not self._photos:
             raise CameraLost("the replay folder has no photos")
+        return {}
 
     def capture(self) -> bytes:
         if self._next >= len(self._photos):
@@ -132,23 +144,31 @@ class ReplayCamera:
 
 
 class SimulatedCamera:
-    """The simulated reader's camera: one scene per session (pose, light, camera, strip lot), with
-    the pads developing from dipping on. `dip(at)` says when the strip went in (clock seconds),
-    `remove()` that it came out; `final_levels` are what the pads show at their read times."""
+    """The simulated reader's camera. The reader itself (card pose in the tray, light, camera
+    model, the LEDs' bright spots) is drawn once from the seed, as one physical device; each strip
+    brings new concentrations, lot and placement. The pads develop from dipping on: `dip(at)` says
+    when the strip went in (clock seconds), `remove()` that it came out; `final_levels` are what
+    the pads show at their read times."""
 
     name = "simulated"
+    STRIP_FIELDS = ("levels", "lot_absorbance", "strip_shift_mm", "strip_rotation_deg", "mottle", "noise")
 
-    def __init__(self, product, clock, seed: int = 0, resolution: tuple[int, int] = STILL_SIZE):
+    def __init__(self, product, clock, seed: int = 0, resolution: tuple[int, int] = STILL_SIZE,
+                 led_hotspots: float = 0.0):
+        from simulator.scene import random_scene
         self.product, self.clock, self.resolution = product, clock, resolution
         self._rng = np.random.default_rng(seed)
+        self.device = dataclasses.replace(random_scene(self._rng, product=self.product, resolution=resolution,
+                                                       glare=None), led_hotspots=led_hotspots)
         self.dipped_at: float | None = None
         self.lost = False
         self.new_strip()
 
     def new_strip(self) -> None:
-        """A fresh strip (new concentrations, lot, placement) under a newly drawn light and pose."""
+        """A fresh strip (new concentrations, lot, placement) in this reader."""
         from simulator.scene import random_scene
-        self.spec = random_scene(self._rng, product=self.product, resolution=self.resolution, glare=None)
+        strip = random_scene(self._rng, product=self.product, resolution=self.resolution, glare=None)
+        self.spec = dataclasses.replace(self.device, **{name: getattr(strip, name) for name in self.STRIP_FIELDS})
 
     @property
     def final_levels(self) -> dict[str, str]:
@@ -160,8 +180,11 @@ class SimulatedCamera:
     def remove(self) -> None:
         self.dipped_at = None
 
-    def start(self) -> None:
-        pass
+    def start(self, locked: dict | None = None) -> dict:
+        """The simulated camera's exposure settles to the reader's light; locked, it stays put."""
+        if locked:
+            self.spec = dataclasses.replace(self.spec, exposure=locked["exposure"])
+        return {"exposure": self.spec.exposure}
 
     def capture(self) -> bytes:
         from simulator.development import level_position

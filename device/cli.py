@@ -31,7 +31,19 @@ def _reader(args):
         model = NearestChartColour()
     else:
         model = OnnxPadModel(product, None if choice == "onnx" else Path(choice))
-    return Reader(load_card(args.card), product, model)
+    card, calibration = _calibration(args, load_card(args.card), product)
+    return Reader(card, product, model, calibration)
+
+
+def _calibration(args, card, product):
+    """The technicians' records in force on this reader (none yet: the factory state)."""
+    from device.calibrations import ReaderCalibration, load_calibration
+    lot = getattr(args, "lot", None)
+    if not Path(args.db).is_file():
+        return card, ReaderCalibration(strip_lot=lot)
+    from calibration.records import Records
+    with Records(args.db) as records:
+        return load_calibration(records, card, product.id, lot)
 
 
 def _refusal(code: str, message: str) -> dict:
@@ -277,18 +289,23 @@ def cmd_demo(args) -> int:
         print(format_table(_refusal(err.code, err.message)))
         return EXIT_REFUSED
     clock = Clock(args.speed)
-    with SimulatedRig(reader.product, clock, seed=args.seed) as rig, ResultStore(args.db) as store, \
-            ReaderBoard(rig.port) as board:
+    with contextlib.ExitStack() as stack:
+        rig = stack.enter_context(SimulatedRig(reader.product, clock, seed=args.seed))
+        store = stack.enter_context(ResultStore(args.db))
+        board = stack.enter_context(ReaderBoard(rig.port))
         print(f"Simulated reader: a {reader.product.id} strip, camera '{rig.camera.spec.camera}' under "
               f"'{rig.camera.spec.illuminant}' light, time x{args.speed:g}; board firmware "
               f"{'.'.join(map(str, board.info.firmware_version))} on {rig.port}.")
-        session = ReadingSession(reader, board, rig.camera, store, clock,
+        session = ReadingSession(reader, board, rig.camera, store, clock, admit=_qc_gate(args, stack),
                                  on_progress=lambda message: print(f"  {message}", flush=True))
         threading.Timer(2.0 / args.speed, rig.insert_strip).start()   # the patient, two seconds later
         report = session.run(patient_id="DEMO", operator_id="demo")
     result = report.record.result
     print()
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    if result.get("status") == "aborted":
+        print(result["message"])
+    else:
+        print(json.dumps(result, indent=1) if args.json else format_table(result))
     if result.get("status") == "ok":
         agree = sum(a["level"] == rig.camera.final_levels[a["analyte"]] for a in result["analytes"])
         print(f"\n{agree} of {len(result['analytes'])} pads read at the level the simulator developed them to.")
@@ -296,34 +313,57 @@ def cmd_demo(args) -> int:
     return EXIT_OK if result.get("status") == "ok" else EXIT_REFUSED
 
 
+def _hardware(args, stack: contextlib.ExitStack, product, clock):
+    """The reader's board and camera, or with --simulate the built-in simulated reader's (and the rig)."""
+    from firmware_bridge.host import ReaderBoard
+    rig = None
+    if args.simulate:
+        from device.rig import SimulatedRig
+        rig = stack.enter_context(SimulatedRig(product, clock, seed=args.seed))
+        port, camera = rig.port, rig.camera
+    else:
+        from device.camera import open_camera
+        port, camera = args.port, open_camera(args.camera)
+    return stack.enter_context(ReaderBoard(port)), camera, rig
+
+
+def _qc_gate(args, stack: contextlib.ExitStack):
+    """The session's `admit`: asks the QC records before every patient test (a technician's
+    passing run in another process lifts the lock at once)."""
+    from calibration.records import Records
+    from device.calibrations import qc_status
+    records = stack.enter_context(Records(args.db))
+    return lambda: (status := qc_status(records)).locked and status.message or None
+
+
 def cmd_run(args) -> int:
     """The reader's service loop (systemd runs this): strips in, sessions run, results stored."""
-    from device.rig import SimulatedRig
     from device.service import ReaderService, install_json_logging, stop_on_signals
     from device.session import Clock, ReadingSession
     from device.store import ResultStore
-    from firmware_bridge.host import ReaderBoard
     install_json_logging()
     stop = threading.Event()
     stop_on_signals(stop)
     reader = _reader(args)
     clock = Clock(args.speed if args.simulate else 1.0)
     with contextlib.ExitStack() as stack:
-        if args.simulate:
-            rig = stack.enter_context(SimulatedRig(reader.product, clock, seed=args.seed))
-            port, camera = rig.port, rig.camera
-        else:
-            from device.camera import open_camera
-            port, camera = args.port, open_camera(args.camera)
-        board = stack.enter_context(ReaderBoard(port))
+        board, camera, rig = _hardware(args, stack, reader.product, clock)
         store = stack.enter_context(ResultStore(args.db))
-        session = ReadingSession(reader, board, camera, store, clock, stop=stop)
+        session = ReadingSession(reader, board, camera, store, clock, stop=stop, admit=_qc_gate(args, stack))
         wake_sync = _background_sync(args, stack, stop)
         if args.simulate:
             rig.patient(session, stop, strips=args.strips)
         ReaderService(session, operator_id=args.operator, on_stored=wake_sync.set if wake_sync else None).serve()
         stop.set()          # the reader is done (or --strips ran out): the sync thread ends its pass
     return EXIT_OK
+
+
+def _prompt(args, message: str) -> None:
+    """Ask the technician to do something and wait for Enter (unless --yes or not at a terminal)."""
+    if args.yes or not sys.stdin.isatty():
+        print(message + ".")
+    else:
+        input(message + ", then press Enter: ")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--product", default="generic-10", help="product id or product file (default generic-10)")
         p.add_argument("--card", default="card-v1", help="card id or card file (default card-v1)")
         if model:
+            p.add_argument("--lot", help="the strip lot (from the bottle): its calibration applies, an expired "
+                                         "lot is refused")
             p.add_argument("--model", default="auto", help="auto (the product's shipped trained model, else the "
                                                           "baseline), onnx, baseline (nearest chart colour) "
                                                           "or an .onnx file")
@@ -342,10 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
         from device.store import default_path
         p.add_argument("--db", default=str(default_path()), help="results database (default %(default)s)")
 
+    def hardware_options(p, speed=20.0):
+        p.add_argument("--simulate", action="store_true", help="use the built-in simulated reader")
+        p.add_argument("--port", default=os.environ.get("STRIPREAD_PORT", "/dev/ttyACM0"),
+                       help="serial port of the reader's board (default $STRIPREAD_PORT or /dev/ttyACM0)")
+        p.add_argument("--camera", default="auto", help="auto (Pi camera, else USB), picamera2 or opencv")
+        p.add_argument("--speed", type=float, default=speed, help="time compression when simulating")
+        p.add_argument("--seed", type=int, default=1, help="which simulated reader (its pose, light and camera)")
+
     read = sub.add_parser("read", help="read one photo of a strip on the reference card")
     read.add_argument("photo")
     read.add_argument("--json", action="store_true", help="print the stripread.read/1 result object")
     spec_options(read, model=True)
+    db_option(read)
     read.set_defaults(func=cmd_read)
 
     card = sub.add_parser("card", help="the reference card")
@@ -366,15 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="the reader service: wait for strips, run sessions, store results")
-    run.add_argument("--port", default=os.environ.get("STRIPREAD_PORT", "/dev/ttyACM0"),
-                     help="serial port of the reader's board (default $STRIPREAD_PORT or /dev/ttyACM0)")
-    run.add_argument("--camera", default="auto", help="auto (Pi camera, else USB), picamera2 or opencv")
     run.add_argument("--operator", help="operator id recorded with every result")
-    run.add_argument("--simulate", action="store_true", help="run on the built-in simulated reader, with a "
-                                                             "simulated patient inserting strips")
-    run.add_argument("--speed", type=float, default=20.0, help="time compression when simulating")
-    run.add_argument("--strips", type=int, help="when simulating: stop the patient after this many strips")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--strips", type=int, help="when simulating: stop the simulated patient after this many strips")
+    hardware_options(run)
     run.add_argument("--lab-config", help="lab configuration (default $STRIPREAD_LAB_CONFIG, /etc/stripread/"
                                           "lab.toml, ~/.config/stripread/lab.toml); none: results stay here")
     spec_options(run, model=True)
@@ -396,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check the result store's hash chain: tampering shows")
     db_option(verify)
     verify.set_defaults(func=cmd_verify)
+
+    from device import technician
+    technician.add_parsers(sub, spec_options, db_option, hardware_options)
 
     sync = sub.add_parser("sync", help="send stored results to the lab (FHIR and/or HL7 v2 over MLLP)")
     sync.add_argument("--status", action="store_true", help="show pending, failed and sent counts and why "

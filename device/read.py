@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 
@@ -17,6 +17,7 @@ from calibration.correction import DEFAULT_TERMS
 from calibration.errors import ReadError
 from calibration.observe import StripObserver
 from calibration.specs import Card, Product
+from device.calibrations import ReaderCalibration
 from models.pads import PadModel
 
 SCHEMA = "stripread.read/1"
@@ -47,15 +48,17 @@ def device_id() -> str:
 
 @dataclass
 class Reader:
-    """The read path configured with a card, a product and a pad model; reusable across photos."""
+    """The read path configured with a card, a product, a pad model and the technicians'
+    calibration (camera flat field, strip lot); reusable across photos."""
     card: Card
     product: Product
     model: PadModel
-    calibration_id: str = "factory"
+    calibration: ReaderCalibration = field(default_factory=ReaderCalibration)
     correction_terms: str = DEFAULT_TERMS
 
     def __post_init__(self):
-        self._observer = StripObserver(self.card, self.product, self.correction_terms)
+        self._observer = StripObserver(self.card, self.product, self.correction_terms,
+                                       flat_field=self.calibration.flat_field)
 
     def read(self, data: bytes, captured_at: datetime | None = None) -> dict:
         """The result object for one photo; errors become `status: error` results."""
@@ -66,10 +69,16 @@ class Reader:
         """The result and, for a stored record, a PNG thumbnail of each pad (none on refusal)."""
         provenance = self._provenance(data, captured_at)
         try:
+            self._check_lot(datetime.fromisoformat(provenance["captured_at"]).date())
             observation = self._observer.observe(data, crops=crops)
+            if self.calibration.lot is not None:
+                observation = self.calibration.lot.apply(observation)
             readings = self.model.read(observation)
         except ReadError as err:
-            return {"schema": SCHEMA, "status": "error", "error": {"code": err.code, "message": err.message},
+            error = {"code": err.code, "message": err.message}
+            if err.reason:
+                error["reason"] = err.reason
+            return {"schema": SCHEMA, "status": "error", "error": error,
                     "product": self.product.id, "provenance": provenance}, {}
         analytes = []
         for pad, reading, glare in zip(self.product.pads, readings, observation.pad_glare):
@@ -84,11 +93,19 @@ class Reader:
         return {"schema": SCHEMA, "status": "ok", "product": self.product.id, "analytes": analytes,
                 "qc": observation.qc, "provenance": provenance}, observation.crops
 
+    def _check_lot(self, day) -> None:
+        """An expired strip lot is refused before anything is read: its dyes are no longer trusted."""
+        expires = self.calibration.lot_expires
+        if expires is not None and day > expires:
+            raise ReadError("wrong_strip", f"These strips (lot {self.calibration.strip_lot}) expired on "
+                                           f"{expires.isoformat()}: test with strips from an unexpired bottle.",
+                            reason="lot_expired")
+
     def _provenance(self, data: bytes, captured_at: datetime | None) -> dict:
         now = datetime.now(timezone.utc)
         return {"software": "stripread", "software_version": software_version(),
                 "model": self.model.name, "model_version": self.model.version,
-                "product": self.product.id, "card": self.card.id, "calibration_id": self.calibration_id,
+                "product": self.product.id, "card": self.card.id, **self.calibration.provenance(),
                 "device_id": device_id(),
                 "captured_at": (captured_at or now).astimezone(timezone.utc).isoformat(timespec="seconds"),
                 "read_at": now.isoformat(timespec="seconds"),

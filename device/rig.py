@@ -9,12 +9,17 @@ from device.camera import SimulatedCamera
 from device.session import Clock, State
 
 
+# the simulated reader's LEDs light the card unevenly, as a ring of LEDs does: a camera
+# calibration (`stripread calibrate camera --simulate`) measures and removes it
+LED_HOTSPOTS = 0.08
+
+
 class SimulatedRig:
-    def __init__(self, product, clock: Clock, seed: int = 0):
+    def __init__(self, product, clock: Clock, seed: int = 0, led_hotspots: float = LED_HOTSPOTS):
         from firmware_bridge.simulator import SimulatedBoard
         self.clock = clock
         self.board_sim = SimulatedBoard(seed=seed)
-        self.camera = SimulatedCamera(product, clock, seed=seed)
+        self.camera = SimulatedCamera(product, clock, seed=seed, led_hotspots=led_hotspots)
 
     @property
     def port(self) -> str:

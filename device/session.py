@@ -79,8 +79,9 @@ class ReadingSession:
     """One reader: its board (LEDs, strip sensor, climate, buttons), camera, read path and store."""
 
     def __init__(self, reader: Reader, board, camera: Camera, store: ResultStore, clock: Clock,
-                 on_progress=None, stop: threading.Event | None = None):
+                 on_progress=None, stop: threading.Event | None = None, admit=None):
         self.reader, self.board, self.camera, self.store, self.clock = reader, board, camera, store, clock
+        self.admit = admit or (lambda: None)     # a reason patients may not test now (QC lock), or None
         self.on_progress = on_progress or (lambda message: None)   # one line per step, no patient data
         self.stop = stop or threading.Event()                      # set: the reader is shutting down
         self.product = reader.product
@@ -96,22 +97,26 @@ class ReadingSession:
             self.on_progress(message)
 
     def run(self, patient_id: str | None = None, operator_id: str | None = None,
-            inserted_at: float | None = None, identify=None) -> SessionReport:
+            inserted_at: float | None = None, identify=None, purpose: str = "patient") -> SessionReport:
         """One session from arming to a stored record, whatever happens in between; `inserted_at`
         when the strip is already in (the service saw it go in); `identify(photo)` finds the patient
-        in the first capture when no `patient_id` is given."""
+        in the first capture when no `patient_id` is given. A `purpose="qc"` session reads a control
+        strip: it runs while patient tests are locked and its result stays off the lab's outbox."""
         self.report = SessionReport()
         self._enter(State.ARMED, "waiting for the strip")
         captures: list[dict] = []
         thumbnails: dict[str, bytes] = {}
         dipped_at = None
         try:
+            refusal = self.admit() if purpose == "patient" else None
+            if refusal:
+                raise SessionEnded("locked", refusal)
             self._check_climate()
             dipped_at = self._wait_for_strip() if inserted_at is None else inserted_at
             self._enter(State.DEVELOPING, "strip in: developing, reads at "
                         + ", ".join(f"{t:g}" for t in self.read_times) + " s")
             self._board(self.board.set_leds, 255, 255, 255)
-            self.camera.start()
+            self.camera.start(self.reader.calibration.camera_settings or None)
             result, first_photo = self._develop_and_read(dipped_at, captures, thumbnails)
             if patient_id is None and identify is not None and first_photo is not None:
                 patient_id = identify(first_photo)
@@ -122,10 +127,10 @@ class ReadingSession:
                       "message": ended.message, "product": self.product.id}
         finally:
             self._lights_off_and_stop()
-        result["session"] = {"outcome": outcome, "dipped_at_s": dipped_at, "captures": captures,
+        result["session"] = {"outcome": outcome, "purpose": purpose, "dipped_at_s": dipped_at, "captures": captures,
                              "states": self.report.state_log, "software_version": software_version()}
         self.report.record = self.store.add(result, patient_id=patient_id, operator_id=operator_id,
-                                            thumbnails=thumbnails)
+                                            thumbnails=thumbnails, for_lab=purpose == "patient")
         self.report.outcome = outcome
         self.stored += 1
         self._enter(State.STORED, f"{outcome}: stored as record #{self.report.record.seq}")

@@ -127,8 +127,9 @@ class ResultStore:
         return _Transaction(self._db)
 
     def add(self, result: dict, patient_id: str | None = None, operator_id: str | None = None,
-            thumbnails: dict[str, bytes] | None = None) -> StoredResult:
-        """Store a result with its thumbnails and, when it is a reading, queue it for the lab, atomically."""
+            thumbnails: dict[str, bytes] | None = None, for_lab: bool = True) -> StoredResult:
+        """Store a result with its thumbnails and, when it is a patient's reading (not a refusal, not
+        a QC control strip: `for_lab`), queue it for the lab, atomically."""
         result_id = str(uuid.uuid4())
         stored_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         result_json = json.dumps(result, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
@@ -143,7 +144,7 @@ class ResultStore:
                 (result_id, stored_at, patient_id, operator_id, status, result_json, prev_hash, digest))
             self._db.executemany("INSERT INTO thumbnails (result_id, analyte, png) VALUES (?, ?, ?)",
                                  [(result_id, a, png) for a, png in (thumbnails or {}).items()])
-            if status == "ok":
+            if status == "ok" and for_lab:
                 self._db.execute("INSERT INTO outbox (result_id) VALUES (?)", (result_id,))
         return StoredResult(cursor.lastrowid, result_id, stored_at, patient_id, operator_id, result, digest)
 

@@ -78,8 +78,9 @@ class DippingCamera(SimulatedCamera):
         super().__init__(*args, **kwargs)
         self.delays, self.start_delay, self.lose_after, self.taken = delays or {}, start_delay, lose_after, 0
 
-    def start(self):
+    def start(self, locked=None):
         self.clock.sleep(self.start_delay)
+        return super().start(locked)
 
     def capture(self):
         if self.lose_after is not None and self.taken >= self.lose_after:

@@ -1,0 +1,85 @@
+"""What the technicians' records make of this reader: the card as measured, the camera's flat field
+and locked settings, the strip lot's correction, and whether quality control lets patients test.
+
+The read path takes these as a `ReaderCalibration`; each record's id goes into the provenance of
+every result it shaped. QC locks patient reading when the latest run of any control failed, or,
+once a schedule is set, when a scheduled control has no passing run within its interval; the lock
+is derived from the stored records, so it survives a restart, and only a passing run lifts it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+
+from calibration.records import Records
+from calibration.specs import Card, card_from_document
+
+
+@dataclass(frozen=True)
+class ReaderCalibration:
+    camera_id: str = "factory"          # the camera calibration record (provenance: calibration_id)
+    flat_field: object | None = None    # calibration.camera_calibration.FlatField
+    camera_settings: dict = field(default_factory=dict)
+    card_id: str | None = None          # the card measurement record, when the card was measured
+    strip_lot: str | None = None
+    lot_id: str | None = None           # the lot calibration record
+    lot: object | None = None           # calibration.lot.LotCalibration
+    lot_expires: date | None = None
+
+    def provenance(self) -> dict:
+        return {"calibration_id": self.camera_id, "card_calibration_id": self.card_id,
+                "strip_lot": self.strip_lot, "lot_calibration_id": self.lot_id}
+
+
+def load_calibration(records: Records, card: Card, product_id: str,
+                     strip_lot: str | None = None) -> tuple[Card, ReaderCalibration]:
+    """The card to read with (the measured one, if the technician measured this card) and the
+    calibration in force for it, the product and the strip lot."""
+    settings: dict = {"strip_lot": strip_lot}
+    camera = records.latest("camera")
+    if camera is not None:
+        from calibration.camera_calibration import CameraCalibration
+        measured = CameraCalibration.from_dict(camera.payload)
+        settings.update(camera_id=camera.id, flat_field=measured.flat_field, camera_settings=measured.camera_settings)
+    measured_card = records.latest("card", card.id)
+    if measured_card is not None:
+        card = card_from_document(measured_card.payload["card"], f"calibration record {measured_card.id}")
+        settings["card_id"] = measured_card.id
+    if strip_lot is not None:
+        lot = records.latest("lot", strip_lot)
+        if lot is not None and lot.payload.get("product") == product_id:
+            from calibration.lot import LotCalibration
+            calibration = LotCalibration.from_dict(lot.payload)
+            settings.update(lot_id=lot.id, lot=calibration, lot_expires=calibration.expires)
+    return card, ReaderCalibration(**settings)
+
+
+@dataclass(frozen=True)
+class QcStatus:
+    locked: bool
+    message: str                   # for the display: why patients cannot test, or that they can
+    last_passing_id: str | None    # the newest passing run (provenance: qc_run_id)
+
+
+def qc_status(records: Records, now: datetime | None = None) -> QcStatus:
+    """Locked after a failed run until that control passes again; locked when a scheduled
+    control is overdue."""
+    now = now or datetime.now(timezone.utc)
+    runs = records.history("qc")
+    latest: dict[str, object] = {}
+    for run in runs:                           # newest first: the first seen per control is its latest
+        latest.setdefault(run.subject, run)
+    passing = next((r.id for r in runs if r.payload["passed"]), None)
+    failed = [control for control, run in latest.items() if not run.payload["passed"]]
+    if failed:
+        return QcStatus(True, f"Quality control failed ({', '.join(sorted(failed))}): patient tests are locked "
+                              "until a technician runs a passing QC.", passing)
+    schedule = records.latest("qc_schedule")
+    if schedule is not None:
+        every = timedelta(hours=schedule.payload["interval_hours"])
+        overdue = [c for c in schedule.payload["controls"]
+                   if c not in latest or now - datetime.fromisoformat(latest[c].created_at) > every]
+        if overdue:
+            return QcStatus(True, f"Quality control is due ({', '.join(overdue)}): patient tests are locked "
+                                  "until a technician runs it.", passing)
+    return QcStatus(False, "Quality control passed." if latest else "No quality control is set up.", passing)
