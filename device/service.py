@@ -50,6 +50,14 @@ class ReaderService:
         self.session, self.operator_id = session, operator_id
         self.on_stored = on_stored or (lambda: None)     # e.g. wake the lab sync
         self.sessions = 0
+        self.last_record = None                           # the newest stored session's record
+        self._requested: tuple[str | None, str | None] | None = None   # (patient, operator) for the next strip
+        self._lock = threading.Lock()
+
+    def request_test(self, patient_id: str | None, operator_id: str | None = None) -> None:
+        """Someone at the screen started a test: the next strip is this patient's."""
+        with self._lock:
+            self._requested = (patient_id, operator_id)
 
     def serve(self) -> int:
         board, clock, stop = self.session.board, self.session.clock, self.session.stop
@@ -73,10 +81,13 @@ class ReaderService:
 
     def _one_session(self, inserted_at: float) -> None:
         started = time.monotonic()
-        report = self.session.run(operator_id=self.operator_id, inserted_at=inserted_at,
-                                  identify=patient_from_photo)
+        with self._lock:
+            requested, self._requested = self._requested, None
+        patient_id, operator_id = requested or (None, self.operator_id)
+        report = self.session.run(patient_id=patient_id, operator_id=operator_id or self.operator_id,
+                                  inserted_at=inserted_at, identify=patient_from_photo)
         self.sessions += 1
-        record = report.record
+        record = self.last_record = report.record
         log.info("session %s", report.outcome, extra={"fields": {
             "record": record.seq, "status": record.result.get("status"),
             "patient_identified": record.patient_id is not None, "seconds": round(time.monotonic() - started, 2)}})

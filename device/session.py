@@ -89,6 +89,8 @@ class ReadingSession:
         self.state = State.IDLE
         self.report = SessionReport()
         self.stored = 0                                            # sessions stored so far
+        self.dipped_at: float | None = None                        # clock time the current strip went in
+        self.last_photo: bytes | None = None                       # the newest capture (a live preview)
 
     def _enter(self, state: State, message: str = "") -> None:
         self.state = state
@@ -113,6 +115,7 @@ class ReadingSession:
                 raise SessionEnded("locked", refusal)
             self._check_climate()
             dipped_at = self._wait_for_strip() if inserted_at is None else inserted_at
+            self.dipped_at, self.last_photo = dipped_at, None
             self._enter(State.DEVELOPING, "strip in: developing, reads at "
                         + ", ".join(f"{t:g}" for t in self.read_times) + " s")
             self._board(self.board.set_leds, 255, 255, 255)
@@ -195,7 +198,7 @@ class ReadingSession:
             self._wait_until(dipped_at + read_at - EARLY_MARGIN_S)
             taken = self.clock.now() - dipped_at   # the shutter opens on request; delivery may take longer
             try:
-                photo = self.camera.capture()
+                photo = self.last_photo = self.camera.capture()
             except CameraLost as exc:
                 raise SessionEnded("camera_lost", "The camera stopped working during the test: restart the "
                                                   "reader and repeat the test with a new strip.") from exc

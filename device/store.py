@@ -158,6 +158,11 @@ class ResultStore:
         return [StoredResult(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
                 for r in self._db.execute(query, args)]
 
+    def get(self, seq: int) -> StoredResult | None:
+        row = self._db.execute("SELECT seq, result_id, stored_at, patient_id, operator_id, result_json, hash"
+                               " FROM results WHERE seq = ?", (seq,)).fetchone()
+        return StoredResult(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6]) if row else None
+
     def thumbnails(self, result_id: str) -> dict[str, bytes]:
         return dict(self._db.execute("SELECT analyte, png FROM thumbnails WHERE result_id = ?", (result_id,)))
 
