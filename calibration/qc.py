@@ -42,7 +42,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, IO, Mapping, Sequence
 
 
 from calibration.specs import Pad, load_product
@@ -385,7 +385,7 @@ def evaluate_run(reads: Sequence[tuple[Control, Mapping[str, Any]]],
 
 # --- Levey-Jennings chart --------------------------------------------------------------------
 
-def levey_jennings_png(control: Control, series: Sequence[QcRun], path: str | Path) -> Path:
+def levey_jennings_png(control: Control, series: Sequence[QcRun], path: str | Path | IO[bytes]) -> str | Path | IO[bytes]:
     """One PNG, 1200 px wide (80 px of title plus 200 px per row of two panels): a Levey-Jennings
     panel per analyte of the control, z of each run over time against the target and +-1/2/3 SD.
     Red: the pad failed in that run (out of range, not reported, or a rule, named beside it);
@@ -420,8 +420,8 @@ def levey_jennings_png(control: Control, series: Sequence[QcRun], path: str | Pa
     figure.supxlabel("blue: z of each run; orange: 1-2s warning; red: this pad failed (rule or level "
                      "beside it; x: not reported); red ring: the run failed on another pad",
                      fontsize=8, color="0.35")
-    figure.savefig(path, format="png")
-    return Path(path)
+    figure.savefig(path, format="png")      # a file name, or a binary stream (the web page serves it)
+    return path
 
 
 def _draw_panel(ax, target: ControlAnalyte, runs: Sequence[QcRun]) -> None:

@@ -336,7 +336,41 @@ def _qc_gate(args, stack: contextlib.ExitStack):
     return lambda: (status := qc_status(records)).locked and status.message or None
 
 
-def cmd_run(args) -> int:
+def _start_web(args, stack: contextlib.ExitStack, service, rig) -> None:
+    """The local web interface in a thread of its own (uvicorn, no access log: paths hold patient ids)."""
+    if args.web == "off":
+        return
+    import logging
+
+    import uvicorn
+    from calibration.specs import load_product
+    from device.web.app import WebContext, create_app
+    host, _, port = args.web.rpartition(":")
+    https = bool(args.web_cert)
+    app = create_app(WebContext(Path(args.db), load_product(args.product), service, rig, https=https))
+    config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), access_log=False, log_level="warning",
+                            ssl_certfile=args.web_cert, ssl_keyfile=args.web_key, log_config=None)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="web", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        threading.Event().wait(0.05)
+    if not server.started:
+        raise SystemExit(f"the web interface could not listen on {args.web}")
+    bound = server.servers[0].sockets[0].getsockname()
+    logging.getLogger("stripread.web").info("web interface ready", extra={"fields": {
+        "url": f"{'https' if https else 'http'}://{bound[0]}:{bound[1]}/"}})
+    stack.callback(thread.join, 5)
+    stack.callback(setattr, server, "should_exit", True)
+
+
+def cmd_serve(args) -> int:
+    """The reader with its web interface, where tests are started from the page (with --simulate,
+    "start" also puts a simulated strip in the simulated reader)."""
+    return cmd_run(args, automatic_patient=False)
+
+
+def cmd_run(args, automatic_patient: bool = True) -> int:
     """The reader's service loop (systemd runs this): strips in, sessions run, results stored."""
     from device.service import ReaderService, install_json_logging, stop_on_signals
     from device.session import Clock, ReadingSession
@@ -351,10 +385,33 @@ def cmd_run(args) -> int:
         store = stack.enter_context(ResultStore(args.db))
         session = ReadingSession(reader, board, camera, store, clock, stop=stop, admit=_qc_gate(args, stack))
         wake_sync = _background_sync(args, stack, stop)
-        if args.simulate:
+        service = ReaderService(session, operator_id=args.operator, on_stored=wake_sync.set if wake_sync else None)
+        _start_web(args, stack, service, rig)
+        if args.simulate and automatic_patient:
             rig.patient(session, stop, strips=args.strips)
-        ReaderService(session, operator_id=args.operator, on_stored=wake_sync.set if wake_sync else None).serve()
+        service.serve()
         stop.set()          # the reader is done (or --strips ran out): the sync thread ends its pass
+    return EXIT_OK
+
+
+def cmd_user(args) -> int:
+    """Create a technician account, or set a new password (ending its web sessions)."""
+    import getpass
+    from device.web.auth import Accounts
+    if args.password_file:
+        password = Path(args.password_file).read_text(encoding="utf-8").strip()
+    else:
+        password = getpass.getpass(f"New password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        with Accounts(args.db) as accounts:
+            accounts.set_password(args.name, password)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    print(f"technician {args.name} can log in to the web interface")
     return EXIT_OK
 
 
@@ -416,15 +473,32 @@ def build_parser() -> argparse.ArgumentParser:
     db_option(demo)
     demo.set_defaults(func=cmd_demo)
 
+    def service_options(p, web_default):
+        p.add_argument("--operator", help="operator id recorded with every result")
+        hardware_options(p)
+        p.add_argument("--lab-config", help="lab configuration (default $STRIPREAD_LAB_CONFIG, /etc/stripread/"
+                                            "lab.toml, ~/.config/stripread/lab.toml); none: results stay here")
+        p.add_argument("--web", default=web_default, help="HOST:PORT of the web interface, or off "
+                                                          "(default %(default)s; 0.0.0.0 for phones on the network)")
+        p.add_argument("--web-cert", help="TLS certificate for the web interface (needed beyond this machine)")
+        p.add_argument("--web-key", help="its private key")
+        spec_options(p, model=True)
+        db_option(p)
+
     run = sub.add_parser("run", help="the reader service: wait for strips, run sessions, store results")
-    run.add_argument("--operator", help="operator id recorded with every result")
     run.add_argument("--strips", type=int, help="when simulating: stop the simulated patient after this many strips")
-    hardware_options(run)
-    run.add_argument("--lab-config", help="lab configuration (default $STRIPREAD_LAB_CONFIG, /etc/stripread/"
-                                          "lab.toml, ~/.config/stripread/lab.toml); none: results stay here")
-    spec_options(run, model=True)
-    db_option(run)
+    service_options(run, "127.0.0.1:8080")
     run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="the reader with its web interface; tests are started from the page")
+    service_options(serve, "127.0.0.1:8080")
+    serve.set_defaults(func=cmd_serve)
+
+    user = sub.add_parser("user", help="technician accounts of the web interface")
+    user.add_argument("name")
+    user.add_argument("--password-file", help="read the password from this file (default: ask)")
+    db_option(user)
+    user.set_defaults(func=cmd_user)
 
     history = sub.add_parser("history", help="past results, newest first")
     history.add_argument("--patient", help="only this patient's results")

@@ -283,7 +283,7 @@ def test_the_service_runs_sessions_syncs_them_logs_json_without_patient_data_and
                                        f'[fhir]\nurl = "{lab.url}"\n')
     env = dict(os.environ, STRIPREAD_DATA=str(tmp_path), STRIPREAD_LAB_CONFIG=str(tmp_path / "lab.toml"))
     service = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--simulate", "--speed", "60",
-                                "--strips", "2", "--operator", "N-9"],
+                                "--strips", "2", "--operator", "N-9", "--web", "127.0.0.1:0"],
                                stderr=subprocess.PIPE, text=True, env=env)
     deadline, lines = time.monotonic() + 90, []
     while time.monotonic() < deadline:

@@ -1,0 +1,1 @@
+"""The reader's local web interface (see app)."""

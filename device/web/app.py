@@ -1,0 +1,350 @@
+"""The reader's local web interface (FastAPI, server-rendered pages, no external files): patients and
+nurses start a test, watch the read windows count down with the camera's view, read the result with
+each pad beside its chart colour and what to do next, and look back at a patient's trends;
+technicians (logged in) see calibration records, QC with Levey-Jennings charts, the lab sync with a
+retry, and the device's health. Every page's data is also JSON under /api (its OpenAPI schema at /openapi.json).
+
+Request paths carry patient ids, so the server keeps no access log; what it logs names no patient.
+"""
+from __future__ import annotations
+
+import io
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from device.web.auth import Accounts, csrf_ok
+from device.web.plain import next_steps, trend_svg
+
+HERE = Path(__file__).parent
+SESSION_COOKIE, FORM_COOKIE = "sr_session", "sr_form"
+INSERT_DELAY_S = 2.0       # simulated reader: the patient puts the strip in two seconds after "start"
+
+
+@dataclass
+class WebContext:
+    """What the pages show and act on: the database, the product, and the live reader when one runs."""
+    db: Path
+    product: object                 # calibration.specs.Product
+    service: object | None = None   # device.service.ReaderService
+    rig: object | None = None       # device.rig.SimulatedRig: "start" also puts a simulated strip in
+    https: bool = False
+
+
+def create_app(context: WebContext) -> FastAPI:
+    # the interactive docs pages load scripts from a CDN: offline readers publish the schema only
+    app = FastAPI(title="stripread", description="The reader's local interface and its JSON API.",
+                  docs_url=None, redoc_url=None)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    templates = Jinja2Templates(directory=HERE / "templates")
+    product = context.product
+
+    def page(request: Request, name: str, **values) -> HTMLResponse:
+        form_token = request.cookies.get(FORM_COOKIE) or secrets.token_urlsafe(24)
+        response = templates.TemplateResponse(request, name, {"form_token": form_token, **values})
+        response.set_cookie(FORM_COOKIE, form_token, httponly=True, samesite="strict", secure=context.https)
+        return response
+
+    def technician(request: Request):
+        with Accounts(context.db) as accounts:
+            return accounts.session(request.cookies.get(SESSION_COOKIE))
+
+    def require_technician(request: Request):
+        session = technician(request)
+        if session is None:
+            raise HTTPException(303, headers={"Location": "/tech/login"})
+        return session
+
+    def technician_form(request: Request, csrf: str):
+        """A technician's state-changing form: logged in, and the session's CSRF token echoed."""
+        session = require_technician(request)
+        if not csrf_ok(session, csrf):
+            raise HTTPException(403, "missing or wrong CSRF token")
+        return session
+
+    def form_ok(request: Request, token: str) -> None:
+        """Anonymous forms: the hidden token must match the page's cookie (double submit)."""
+        cookie = request.cookies.get(FORM_COOKIE)
+        if not cookie or not secrets.compare_digest(cookie, token or ""):
+            raise HTTPException(403, "This form has expired: go back, reload the page and try again.")
+
+    # -- patient and nurse -------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home(request: Request):
+        return page(request, "home.html", reader=reader_state(), lock=qc_lock())
+
+    @app.get("/test", response_class=HTMLResponse, include_in_schema=False)
+    def start_form(request: Request):
+        return page(request, "start.html", lock=qc_lock(), live=context.service is not None)
+
+    @app.post("/test", include_in_schema=False)
+    def start_test(request: Request, patient_id: str = Form(""), form_token: str = Form("")):
+        form_ok(request, form_token)
+        if context.service is None:
+            raise HTTPException(409, "No reader is running here: start `stripread run` or `stripread serve`.")
+        patient = patient_id.strip() or None
+        context.service.request_test(patient)
+        if context.rig is not None:
+            _insert_simulated_strip(context)
+        return RedirectResponse("/test/live", status_code=303)
+
+    @app.get("/test/live", response_class=HTMLResponse, include_in_schema=False)
+    def live(request: Request):
+        return page(request, "live.html")
+
+    @app.get("/api/session")
+    def session_state() -> dict:
+        """The reader's state: what it is doing, the read windows left, the last stored record."""
+        return reader_state()
+
+    @app.get("/api/session/preview.jpg", include_in_schema=False)
+    def preview():
+        photo = context.service.session.last_photo if context.service else None
+        if photo is None:
+            raise HTTPException(404, "no capture yet")
+        return Response(photo, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    @app.get("/results/{seq}", response_class=HTMLResponse, include_in_schema=False)
+    def result_page(request: Request, seq: int):
+        record = stored(seq)
+        return page(request, "result.html", record=record, pads=pad_rows(record), steps=next_steps(record["result"]))
+
+    @app.get("/api/results/{seq}")
+    def result_json(seq: int) -> dict:
+        return stored(seq)
+
+    @app.get("/thumbnails/{seq}/{analyte}.png", include_in_schema=False)
+    def thumbnail(seq: int, analyte: str):
+        from device.store import ResultStore
+        with ResultStore(context.db) as store:
+            png = store.thumbnails(stored(seq)["result_id"]).get(analyte)
+        if png is None:
+            raise HTTPException(404, "no picture of this pad")
+        return Response(png, media_type="image/png")
+
+    @app.get("/history", response_class=HTMLResponse, include_in_schema=False)
+    def history(request: Request):
+        return page(request, "history.html", records=results(None, 50))
+
+    @app.get("/api/results")
+    def results_json(patient: str | None = None, limit: int = 50) -> list[dict]:
+        return results(patient, limit)
+
+    @app.get("/patients/{patient_id}", response_class=HTMLResponse, include_in_schema=False)
+    def patient_page(request: Request, patient_id: str):
+        trends = patient_trends(patient_id)
+        plots = [(t["analyte"], t["name"], trend_svg(t["analyte"], t["levels"], [
+            (p["date"], p["position"], p["confidence"], p["abnormal"]) for p in t["points"]])) for t in trends]
+        return page(request, "patient.html", patient_id=patient_id, plots=plots, records=results(patient_id, 50))
+
+    @app.get("/api/patients/{patient_id}/trends")
+    def trends_json(patient_id: str) -> list[dict]:
+        """Each analyte's readings over time: chart position, confidence, abnormal flag."""
+        return patient_trends(patient_id)
+
+    # -- technician ------------------------------------------------------------------------------
+
+    @app.get("/tech/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_form(request: Request):
+        return page(request, "login.html", error=None)
+
+    @app.post("/tech/login", include_in_schema=False)
+    def login(request: Request, username: str = Form(...), password: str = Form(...), form_token: str = Form("")):
+        form_ok(request, form_token)
+        with Accounts(context.db) as accounts:
+            signed_in = accounts.login(username, password)
+        if signed_in is None:
+            response = page(request, "login.html", error="Wrong name or password.")
+            response.status_code = 401
+            return response
+        response = RedirectResponse("/tech", status_code=303)
+        response.set_cookie(SESSION_COOKIE, signed_in[0], httponly=True, samesite="strict", secure=context.https,
+                            max_age=8 * 3600)
+        return response
+
+    @app.post("/tech/logout", include_in_schema=False)
+    def logout(request: Request, csrf: str = Form("")):
+        technician_form(request, csrf)
+        with Accounts(context.db) as accounts:
+            accounts.logout(request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    @app.get("/tech", response_class=HTMLResponse, include_in_schema=False)
+    def technician_page(request: Request):
+        session = require_technician(request)
+        return page(request, "tech.html", user=session.username, csrf=session.csrf, status=technician_status())
+
+    @app.get("/api/tech/status")
+    def technician_json(request: Request) -> dict:
+        """Calibration records, QC, lab sync and device health (technicians only)."""
+        if technician(request) is None:
+            raise HTTPException(401, "log in as a technician")
+        return technician_status()
+
+    @app.get("/tech/qc/{control_id}.png", include_in_schema=False)
+    def levey_jennings(request: Request, control_id: str):
+        require_technician(request)
+        from calibration.qc import QcRun, levey_jennings_png, load_control
+        from calibration.records import Records
+        with Records(context.db) as records:
+            stored_runs = list(reversed(records.history("qc", control_id)))
+        if not stored_runs:
+            raise HTTPException(404, "no runs of this control")
+        control = load_control(stored_runs[-1].payload["control_toml"])
+        series = [QcRun.from_dict(r.payload["run"]) for r in stored_runs
+                  if r.payload["run"]["material_lot"] == control.material_lot]
+        buffer = io.BytesIO()
+        levey_jennings_png(control, series, buffer)
+        return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.post("/tech/sync/retry", include_in_schema=False)
+    def retry_sync(request: Request, csrf: str = Form("")):
+        technician_form(request, csrf)
+        from device.store import ResultStore
+        with ResultStore(context.db) as store:
+            store.retry_failed()
+        return RedirectResponse("/tech", status_code=303)
+
+    @app.exception_handler(HTTPException)
+    def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 303:
+            return RedirectResponse(exc.headers["Location"], status_code=303)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return templates.TemplateResponse(request, "error.html", {"message": exc.detail}, status_code=exc.status_code)
+
+    # -- the data behind the pages ----------------------------------------------------------------
+
+    def reader_state() -> dict:
+        service = context.service
+        if service is None:
+            return {"running": False, "state": "offline", "lock": qc_lock()}
+        session = service.session
+        elapsed = None if session.dipped_at is None else round(session.clock.now() - session.dipped_at, 1)
+        last = service.last_record
+        return {"running": True, "state": session.state.value, "product": session.product.id,
+                "read_times_s": session.read_times, "elapsed_s": elapsed if session.state.value == "developing" else None,
+                "sessions": service.sessions, "preview": session.last_photo is not None,
+                "last_record": None if last is None else {"seq": last.seq, "status": last.result.get("status"),
+                                                          "message": last.result.get("message")},
+                "lock": qc_lock()}
+
+    def qc_lock() -> str | None:
+        from calibration.records import Records
+        from device.calibrations import qc_status
+        with Records(context.db) as records:
+            status = qc_status(records)
+        return status.message if status.locked else None
+
+    def stored(seq: int) -> dict:
+        from device.store import ResultStore
+        with ResultStore(context.db) as store:
+            record = store.get(seq)
+        if record is None:
+            raise HTTPException(404, f"no record #{seq}")
+        return _record_json(record)
+
+    def results(patient: str | None, limit: int) -> list[dict]:
+        from device.store import ResultStore
+        with ResultStore(context.db) as store:
+            return [_record_json(r) for r in store.history(patient, limit)]
+
+    def pad_rows(record: dict) -> list[dict]:
+        rows = []
+        for entry in record["result"].get("analytes", []):
+            pad = _pad(product, entry["analyte"])
+            level = next((lv for lv in pad.levels if lv.code == entry.get("level")), None) if pad else None
+            rows.append({**entry, "name": pad.name if pad else entry["analyte"],
+                         "chart": level.srgb if level else None,
+                         "abnormal": "abnormal" in entry.get("flags", [])})
+        return rows
+
+    def patient_trends(patient_id: str) -> list[dict]:
+        records = [r for r in reversed(results(patient_id, 500)) if r["result"].get("status") == "ok"]
+        if not records:
+            raise HTTPException(404, "no readings of this patient")
+        trends = []
+        for pad in product.pads:
+            points = []
+            for r in records:
+                entry = next((a for a in r["result"]["analytes"] if a["analyte"] == pad.analyte), None)
+                if entry is None or entry.get("level") is None:
+                    continue
+                points.append({"date": r["stored_at"][:10], "position": pad.position(entry["level"], entry.get("value")),
+                               "level": entry["level"], "value": entry.get("value"), "confidence": entry["confidence"],
+                               "abnormal": "abnormal" in entry.get("flags", []), "seq": r["seq"]})
+            trends.append({"analyte": pad.analyte, "name": pad.name, "unit": pad.unit,
+                           "levels": [lv.code for lv in pad.levels], "points": points})
+        return trends
+
+    def technician_status() -> dict:
+        from calibration.records import Records
+        from device.calibrations import qc_status
+        from device.store import ResultStore
+        with Records(context.db) as records:
+            qc = qc_status(records)
+            latest_qc: dict = {}
+            for run in records.history("qc"):
+                latest_qc.setdefault(run.subject, {"id": run.id, "at": run.created_at, "passed": run.payload["passed"],
+                                                   "summary": run.payload["run"]["summary"]})
+            calibrations = [{"kind": r.kind, "subject": r.subject, "id": r.id, "at": r.created_at, "operator": r.operator}
+                            for kind in ("camera", "card", "lot", "qc_schedule") for r in records.history(kind, limit=5)]
+        with ResultStore(context.db) as store:
+            sync = {"counts": store.outbox_counts(),
+                    "failed": [{"seq": seq, "attempts": attempts, "error": error}
+                               for seq, _, attempts, error in store.failures()]}
+        return {"qc": {"locked": qc.locked, "message": qc.message, "controls": latest_qc},
+                "calibrations": calibrations, "sync": sync, "device": device_health()}
+
+    def device_health() -> dict:
+        from device.read import device_id, software_version
+        health = {"device_id": device_id(), "software": software_version()}
+        service = context.service
+        if service is None:
+            return {**health, "reader": "not running"}
+        board, session = service.session.board, service.session
+        health.update(camera=session.camera.name, state=session.state.value)
+        try:
+            climate = board.climate()
+            health.update(firmware=".".join(map(str, board.info.firmware_version)),
+                          temperature_c=round(climate.temperature_c, 1), humidity_pct=round(climate.humidity_pct, 1))
+        except Exception as exc:     # the board may be unplugged: show that instead of failing the page
+            health["board"] = f"not answering ({type(exc).__name__})"
+        return health
+
+    return app
+
+
+def _pad(product, analyte: str):
+    return next((p for p in product.pads if p.analyte == analyte), None)
+
+
+def _record_json(record) -> dict:
+    return {"seq": record.seq, "result_id": record.result_id, "stored_at": record.stored_at,
+            "stored_at_local": datetime.fromisoformat(record.stored_at).strftime("%Y-%m-%d %H:%M"),
+            "patient_id": record.patient_id, "findings": _findings(record.result), "result": record.result}
+
+
+def _findings(result: dict) -> str:
+    """One line for a list: the abnormal pads, or why there is no reading."""
+    if result.get("status") != "ok":
+        return result.get("outcome") or result.get("error", {}).get("code", "no reading")
+    abnormal = [a["analyte"] for a in result["analytes"] if "abnormal" in a.get("flags", [])]
+    return ", ".join(abnormal) if abnormal else "all within the usual range"
+
+
+def _insert_simulated_strip(context: WebContext) -> None:
+    import threading
+    rig = context.rig
+    rig.remove_strip()               # the last test's strip, if still in the tray
+    rig.camera.new_strip()
+    threading.Timer(INSERT_DELAY_S / rig.clock.speed, rig.insert_strip).start()

@@ -1,0 +1,113 @@
+"""Technician accounts and web sessions for the reader's local web interface.
+
+Passwords are stored as scrypt hashes (a memory-hard KDF from the standard library, n=2^14, r=8,
+p=1, 16-byte salt) and compared in constant time. A login creates a session: a random 256-bit token
+in an HttpOnly, SameSite=Strict cookie (Secure when served over HTTPS), stored only as its SHA-256,
+expiring after 8 hours of no use; each session has its own CSRF token that every state-changing
+form or API call must echo. Accounts and sessions live in the device's database file.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
+SESSION_IDLE = timedelta(hours=8)
+MIN_PASSWORD = 10
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS web_users (
+    username TEXT PRIMARY KEY,
+    salt     BLOB NOT NULL,
+    hash     BLOB NOT NULL,
+    created  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS web_sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    username     TEXT NOT NULL REFERENCES web_users (username),
+    csrf         TEXT NOT NULL,
+    expires      TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class WebSession:
+    username: str
+    csrf: str
+
+
+def _kdf(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **SCRYPT)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+class Accounts:
+    def __init__(self, path: Path | str):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        for statement in _SCHEMA.split(";"):
+            self._db.execute(statement)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Accounts:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def set_password(self, username: str, password: str) -> None:
+        """Create the account or change its password (ending its sessions)."""
+        if len(password) < MIN_PASSWORD:
+            raise ValueError(f"a technician's password needs at least {MIN_PASSWORD} characters")
+        salt = secrets.token_bytes(16)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._db.execute("INSERT INTO web_users (username, salt, hash, created) VALUES (?, ?, ?, ?) ON CONFLICT "
+                         "(username) DO UPDATE SET salt = excluded.salt, hash = excluded.hash",
+                         (username, salt, _kdf(password, salt), now))
+        self._db.execute("DELETE FROM web_sessions WHERE username = ?", (username,))
+
+    def login(self, username: str, password: str) -> tuple[str, WebSession] | None:
+        """A new session's cookie token and the session, or None for a wrong name or password
+        (both cost the same KDF, so the answer time does not tell which)."""
+        row = self._db.execute("SELECT salt, hash FROM web_users WHERE username = ?", (username,)).fetchone()
+        salt, stored = row if row else (b"\0" * 16, b"")
+        if not hmac.compare_digest(_kdf(password, salt), stored) or row is None:
+            return None
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        self._db.execute("INSERT INTO web_sessions (token_sha256, username, csrf, expires) VALUES (?, ?, ?, ?)",
+                         (_digest(token), username, csrf, _expiry()))
+        return token, WebSession(username, csrf)
+
+    def session(self, token: str | None) -> WebSession | None:
+        """The live session for a cookie token (its idle timer restarted), or None."""
+        if not token:
+            return None
+        row = self._db.execute("SELECT username, csrf, expires FROM web_sessions WHERE token_sha256 = ?",
+                               (_digest(token),)).fetchone()
+        if row is None or datetime.fromisoformat(row[2]) < datetime.now(timezone.utc):
+            return None
+        self._db.execute("UPDATE web_sessions SET expires = ? WHERE token_sha256 = ?", (_expiry(), _digest(token)))
+        return WebSession(row[0], row[1])
+
+    def logout(self, token: str | None) -> None:
+        if token:
+            self._db.execute("DELETE FROM web_sessions WHERE token_sha256 = ?", (_digest(token),))
+
+
+def _expiry() -> str:
+    return (datetime.now(timezone.utc) + SESSION_IDLE).isoformat(timespec="seconds")
+
+
+def csrf_ok(session: WebSession | None, submitted: str | None) -> bool:
+    return session is not None and submitted is not None and hmac.compare_digest(session.csrf, submitted)
