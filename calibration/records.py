@@ -2,8 +2,9 @@
 and the QC schedule, each stored once and never changed.
 
 A record's id is its kind and the first 12 hex digits of the SHA-256 of its content (kind,
-subject, time, operator, payload), so the id a result's provenance names pins exactly what
-calibrated it, and an edited record no longer matches its id (`verify`). They live in the
+subject, time, operator, payload) and of the id before it, so the id a result's provenance names
+pins exactly what calibrated it, two identical runs in one millisecond still differ, and an edited
+or removed record breaks the chain (`verify`). They live in the
 device's database file beside the results (their own table), so one backup holds both.
 """
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Record:
     payload: dict
 
 
-def _record_id(kind: str, subject: str, created_at: str, operator: str | None, payload_json: str) -> str:
-    canonical = json.dumps([kind, subject, created_at, operator, payload_json], separators=(",", ":"))
+def _record_id(previous: str, kind: str, subject: str, created_at: str, operator: str | None, payload_json: str) -> str:
+    canonical = json.dumps([previous, kind, subject, created_at, operator, payload_json], separators=(",", ":"))
     return f"{kind.replace('_', '-')}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
 
@@ -70,9 +71,16 @@ class Records:
             raise ValueError(f"unknown record kind {kind!r}")
         created_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         payload_json = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        record_id = _record_id(kind, subject, created_at, operator, payload_json)
-        self._db.execute("INSERT INTO calibration_records (id, kind, subject, created_at, operator, payload)"
-                         " VALUES (?, ?, ?, ?, ?, ?)", (record_id, kind, subject, created_at, operator, payload_json))
+        self._db.execute("BEGIN IMMEDIATE")          # the chain's head, read and extended by one writer
+        try:
+            row = self._db.execute("SELECT id FROM calibration_records ORDER BY seq DESC LIMIT 1").fetchone()
+            record_id = _record_id(row[0] if row else "", kind, subject, created_at, operator, payload_json)
+            self._db.execute("INSERT INTO calibration_records (id, kind, subject, created_at, operator, payload)"
+                             " VALUES (?, ?, ?, ?, ?, ?)", (record_id, kind, subject, created_at, operator, payload_json))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
         return Record(record_id, kind, subject, created_at, operator, payload)
 
     def latest(self, kind: str, subject: str | None = None) -> Record | None:
@@ -95,6 +103,12 @@ class Records:
         return Record(row[0], row[1], row[2], row[3], row[4], json.loads(row[5])) if row else None
 
     def verify(self) -> list[str]:
-        """Ids of records whose content no longer matches their id (edited after they were made)."""
-        rows = self._db.execute("SELECT id, kind, subject, created_at, operator, payload FROM calibration_records")
-        return [r[0] for r in rows if _record_id(r[1], r[2], r[3], r[4], r[5]) != r[0]]
+        """Ids of records that no longer match their content or their place in the chain (edited,
+        or one before them removed)."""
+        broken, previous = [], ""
+        for r in self._db.execute("SELECT id, kind, subject, created_at, operator, payload FROM calibration_records"
+                                  " ORDER BY seq"):
+            if _record_id(previous, r[1], r[2], r[3], r[4], r[5]) != r[0]:
+                broken.append(r[0])
+            previous = r[0]
+        return broken

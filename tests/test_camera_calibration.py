@@ -132,6 +132,9 @@ def test_records_are_named_by_their_content_and_show_tampering(tmp_path):
         assert [r.subject for r in records.history("lot")] == ["L-7"] and records.verify() == []
         records._db.execute("UPDATE calibration_records SET payload = '{\"a\":3}' WHERE id = ?", (first.id,))
         assert records.verify() == [first.id]
+        records._db.execute("UPDATE calibration_records SET payload = '{\"a\":1}' WHERE id = ?", (first.id,))
+        records._db.execute("DELETE FROM calibration_records WHERE id = ?", (first.id,))
+        assert records.verify() == [second.id]                     # the next one shows the gap
         with pytest.raises(ValueError, match="unknown record kind"):
             records.add("camara", "x", {})
 
