@@ -125,6 +125,8 @@ def _observation(pad: PadMessage, ref: str, patient: Reference, device: Referenc
         code, display = ("A", "Abnormal") if pad.abnormal else ("N", "Normal")
         fields["interpretation"] = [CodeableConcept(coding=[Coding(system=INTERPRETATION, code=code,
                                                                    display=display)])]
+    if pad.derived_from:
+        fields["derivedFrom"] = [Reference(reference=_urn(source, record.result_id)) for source in pad.derived_from]
     return Observation(
         identifier=[Identifier(system=URI, value=ref)], status="final",
         category=[CodeableConcept(coding=[Coding(system=OBSERVATION_CATEGORY, code="laboratory")])],

@@ -236,10 +236,11 @@ class PadMessage:
     abnormal: bool
     absent_reason: str | None    # a flag saying why no level was reported
     note: str
+    derived_from: tuple[str, ...] = ()   # a derived quantity (the ACR): the pads it is computed from
 
     @property
     def quantitative(self) -> bool:
-        return self.level is not None and self.unit is not None and _is_number(self.level)
+        return self.level is not None and self.unit is not None and (bool(self.derived_from) or _is_number(self.level))
 
     @property
     def snomed(self) -> tuple[str, str] | None:
@@ -247,8 +248,22 @@ class PadMessage:
 
 
 def pad_messages(result: dict) -> list[PadMessage]:
-    """Every pad of a stored reading, in the strip's order."""
-    return [_pad_message(entry) for entry in result["analytes"]]
+    """Every pad of a stored reading, in the strip's order, then the quantities derived from them."""
+    return [_pad_message(entry) for entry in result["analytes"]] + \
+        [_derived_message(entry) for entry in result.get("derived", [])]
+
+
+def _derived_message(entry: dict) -> PadMessage:
+    """A derived ratio (the ACR): its value as a quantity, its category and interval as a note."""
+    sources = tuple(entry["from"])
+    if entry.get("value") is None:
+        return PadMessage(entry["code"], entry["loinc"], entry["unit"], None, None, False, "not_read",
+                          f"No result: {' or '.join(sources)} was not read.", sources)
+    low, high = entry["interval"]
+    note = (f"Category {entry['category']}; interval {_significant(low)}-{_significant(high)} {entry['unit']}"
+            + ("; the interval spans two categories: repeat the test" if "category_uncertain" in entry["flags"] else ""))
+    return PadMessage(entry["code"], entry["loinc"], entry["unit"], entry["category"], float(entry["value"]),
+                      "abnormal" in entry["flags"], None, note + ".", sources)
 
 
 def _pad_message(entry: dict) -> PadMessage:

@@ -18,6 +18,7 @@ from calibration.errors import ReadError
 from calibration.observe import StripObserver
 from calibration.specs import Card, Product
 from device.calibrations import ReaderCalibration
+from models.derived import derive, ratios
 from models.pads import PadModel
 
 SCHEMA = "stripread.read/1"
@@ -57,6 +58,7 @@ class Reader:
     correction_terms: str = DEFAULT_TERMS
 
     def __post_init__(self):
+        ratios(self.product)              # a derived formula the reader cannot compute: refused now
         self._observer = StripObserver(self.card, self.product, self.correction_terms,
                                        flat_field=self.calibration.flat_field)
 
@@ -90,8 +92,11 @@ class Reader:
             if reading.interval is not None:
                 entry["value_interval"] = list(reading.interval)
             analytes.append(entry)
-        return {"schema": SCHEMA, "status": "ok", "product": self.product.id, "analytes": analytes,
-                "qc": observation.qc, "provenance": provenance}, observation.crops
+        result = {"schema": SCHEMA, "status": "ok", "product": self.product.id, "analytes": analytes,
+                  "qc": observation.qc, "provenance": provenance}
+        if self.product.derived:
+            result["derived"] = derive(self.product, analytes)
+        return result, observation.crops
 
     def _check_lot(self, day) -> None:
         """An expired strip lot is refused before anything is read: its dyes are no longer trusted."""

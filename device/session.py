@@ -22,6 +22,7 @@ from device.camera import Camera, CameraLost
 from device.read import SCHEMA, Reader, software_version
 from device.store import ResultStore, StoredResult
 from firmware_bridge.host import BoardUnavailable
+from models.derived import derive
 
 LATE_TOLERANCE_S = 10.0        # a capture up to this late still reads its pads as at their read time
 EARLY_MARGIN_S = 0.5
@@ -222,7 +223,10 @@ class ReadingSession:
             return {"schema": SCHEMA, "status": "error",
                     "error": {"code": "outside_read_window", "message": TOO_LATE_MESSAGE},
                     "product": self.product.id, "provenance": first_result["provenance"]}, first_photo
-        return {**first_result, "analytes": analytes}, first_photo
+        result = {**first_result, "analytes": analytes}
+        if "derived" in result:             # from the pads as assembled across captures, not the first's
+            result["derived"] = derive(self.product, analytes)
+        return result, first_photo
 
     def _wait_until(self, when: float) -> None:
         while True:
