@@ -162,6 +162,28 @@ def cmd_history(args) -> int:
     return EXIT_OK
 
 
+def cmd_trend(args) -> int:
+    """A patient's analytes over time: a line each on the terminal, and a PNG plot."""
+    from device.store import ResultStore
+    from device.trends import series, trend_png
+    with ResultStore(args.db) as store:
+        lines = series(list(reversed(store.history(args.patient, args.limit))))
+    if not lines:
+        print("no readings of this patient")
+        return EXIT_REFUSED
+    for line in lines:
+        points = line["points"]
+        change = points[-1]["position"] - points[0]["position"]
+        direction = "rising" if change >= 0.5 else "falling" if change <= -0.5 else "steady"
+        flagged = sum(p["abnormal"] for p in points)
+        print(f"{line['analyte']:5} {len(points):3} tests, latest {points[-1]['level']} ({points[-1]['date']}), "
+              f"{direction}; {flagged} outside the usual range")
+    out = args.out or "trend.png"
+    trend_png(lines, "Results over time", out)
+    print(f"plot: {out}")
+    return EXIT_OK
+
+
 def cmd_export(args) -> int:
     """Every stored result as JSON lines or as CSV (one row per pad) for a spreadsheet."""
     import csv
@@ -505,6 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20)
     db_option(history)
     history.set_defaults(func=cmd_history)
+
+    trend = sub.add_parser("trend", help="a patient's results over time: a summary and a PNG plot")
+    trend.add_argument("--patient", required=True)
+    trend.add_argument("--out", help="PNG file to write (default trend.png)")
+    trend.add_argument("--limit", type=int, default=500, help="newest tests to include")
+    db_option(trend)
+    trend.set_defaults(func=cmd_trend)
 
     export = sub.add_parser("export", help="every stored result, as CSV (one row per pad) or JSON lines")
     export.add_argument("--format", choices=("csv", "json"), default="csv")

@@ -269,22 +269,13 @@ def create_app(context: WebContext) -> FastAPI:
         return rows
 
     def patient_trends(patient_id: str) -> list[dict]:
-        records = [r for r in reversed(results(patient_id, 500)) if r["result"].get("status") == "ok"]
-        if not records:
+        from device.store import ResultStore
+        from device.trends import series
+        with ResultStore(context.db) as store:
+            lines = series(list(reversed(store.history(patient_id, 500))))
+        if not lines:
             raise HTTPException(404, "no readings of this patient")
-        trends = []
-        for pad in product.pads:
-            points = []
-            for r in records:
-                entry = next((a for a in r["result"]["analytes"] if a["analyte"] == pad.analyte), None)
-                if entry is None or entry.get("level") is None:
-                    continue
-                points.append({"date": r["stored_at"][:10], "position": pad.position(entry["level"], entry.get("value")),
-                               "level": entry["level"], "value": entry.get("value"), "confidence": entry["confidence"],
-                               "abnormal": "abnormal" in entry.get("flags", []), "seq": r["seq"]})
-            trends.append({"analyte": pad.analyte, "name": pad.name, "unit": pad.unit,
-                           "levels": [lv.code for lv in pad.levels], "points": points})
-        return trends
+        return lines
 
     def technician_status() -> dict:
         from calibration.records import Records
