@@ -268,7 +268,8 @@ def cmd_sync(args) -> int:
         finally:
             syncer.close()
         counts = store.outbox_counts()
-    print(f"{summary.sent} sent, {summary.failed} rejected by the lab, {counts['pending']} still pending")
+    print(f"{summary.sent} sent, {summary.failed} rejected by the lab, {counts['pending']} still pending; "
+          f"{summary.alerts_sent} alert(s) delivered to the clinic")
     for seq, reason in summary.failures:
         print(f"  record #{seq}: {reason} (details: stripread sync --status)")
     if summary.waiting:
@@ -319,6 +320,7 @@ def cmd_demo(args) -> int:
               f"'{rig.camera.spec.illuminant}' light, time x{args.speed:g}; board firmware "
               f"{'.'.join(map(str, board.info.firmware_version))} on {rig.port}.")
         session = ReadingSession(reader, board, rig.camera, store, clock, admit=_qc_gate(args, stack),
+                                 judge=_alert_judge(args),
                                  on_progress=lambda message: print(f"  {message}", flush=True))
         threading.Timer(2.0 / args.speed, rig.insert_strip).start()   # the patient, two seconds later
         report = session.run(patient_id="DEMO", operator_id="demo")
@@ -392,6 +394,13 @@ def cmd_serve(args) -> int:
     return cmd_run(args, automatic_patient=False)
 
 
+def _alert_judge(args):
+    """The alert rules the reader checks after each patient's reading (the shipped defaults, or a
+    clinic's edited file)."""
+    from device.alerts import judge, load_rules
+    return judge(load_rules(args.alert_rules))
+
+
 def cmd_run(args, automatic_patient: bool = True) -> int:
     """The reader's service loop (systemd runs this): strips in, sessions run, results stored."""
     from device.service import ReaderService, install_json_logging, stop_on_signals
@@ -405,7 +414,8 @@ def cmd_run(args, automatic_patient: bool = True) -> int:
     with contextlib.ExitStack() as stack:
         board, camera, rig = _hardware(args, stack, reader.product, clock)
         store = stack.enter_context(ResultStore(args.db))
-        session = ReadingSession(reader, board, camera, store, clock, stop=stop, admit=_qc_gate(args, stack))
+        session = ReadingSession(reader, board, camera, store, clock, stop=stop, admit=_qc_gate(args, stack),
+                                 judge=_alert_judge(args))
         wake_sync = _background_sync(args, stack, stop)
         service = ReaderService(session, operator_id=args.operator, on_stored=wake_sync.set if wake_sync else None)
         _start_web(args, stack, service, rig)
@@ -463,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
         from device.store import default_path
         p.add_argument("--db", default=str(default_path()), help="results database (default %(default)s)")
 
+    def alert_option(p):
+        p.add_argument("--alert-rules", help="the clinic's alert rules (TOML; default: the shipped "
+                                             "device/data/alert-rules.toml)")
+
     def hardware_options(p, speed=20.0):
         p.add_argument("--simulate", action="store_true", help="use the built-in simulated reader")
         p.add_argument("--port", default=os.environ.get("STRIPREAD_PORT", "/dev/ttyACM0"),
@@ -491,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=20.0, help="time compression (default 20: a 2-minute "
                                                                   "read takes 6 s)")
     demo.add_argument("--json", action="store_true")
+    alert_option(demo)
     spec_options(demo, model=True)
     db_option(demo)
     demo.set_defaults(func=cmd_demo)
@@ -503,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--web", default=web_default, help="HOST:PORT of the web interface, or off "
                                                           "(default %(default)s; 0.0.0.0 for phones on the network)")
         p.add_argument("--web-cert", help="TLS certificate for the web interface (needed beyond this machine)")
+        alert_option(p)
         p.add_argument("--web-key", help="its private key")
         spec_options(p, model=True)
         db_option(p)

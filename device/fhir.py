@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import re
 import ssl
 import uuid
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from fhir.resources.R4B.annotation import Annotation
 from fhir.resources.R4B.bundle import Bundle, BundleEntry, BundleEntryRequest
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.coding import Coding
+from fhir.resources.R4B.communication import Communication, CommunicationPayload
 from fhir.resources.R4B.device import Device, DeviceDeviceName, DeviceVersion
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.identifier import Identifier
@@ -69,6 +71,35 @@ def transaction(record: StoredResult, config: LabConfig) -> dict:
         result=observation_refs, conclusion=_conclusion(result))
     entries.append(_entry(report_id, report, f"identifier={URI}|{report_id}"))
     return json.loads(Bundle(type="transaction", entry=entries).model_dump_json(exclude_none=True))
+
+
+PRIORITY = {"info": "routine", "warning": "urgent", "urgent": "asap"}
+ALERT_RULE_SYSTEM = "urn:stripread:alert-rule"
+COMMUNICATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/communication-category"
+
+
+def alert_transaction(alert: dict, config: LabConfig) -> dict:
+    """An alert for the clinic as a Communication (conditional create on the alert's id) about the
+    reading's DiagnosticReport and the Observations its rule looked at, by their identifiers."""
+    analytes = sorted(set(re.findall(r"[A-Z]{2,}", alert["condition_key"].partition(":")[2])))
+    about = [Reference(identifier=Identifier(system=URI, value=f"urn:uuid:{alert['result_id']}"),
+                       type="DiagnosticReport")]
+    about += [Reference(identifier=Identifier(system=URI, value=_urn(analyte, alert["result_id"])), type="Observation")
+              for analyte in analytes]
+    identifier = f"urn:uuid:{alert['alert_id']}"
+    communication = Communication(
+        identifier=[Identifier(system=URI, value=identifier)], status="completed",
+        category=[CodeableConcept(coding=[Coding(system=COMMUNICATION_CATEGORY, code="alert")],
+                                  text="Home monitoring alert")],
+        priority=PRIORITY[alert["severity"]],
+        subject=Reference(identifier=Identifier(system=config.patient_system,
+                                                value=alert["patient_id"] or config.default_patient)),
+        sent=alert["created_at"], about=about,
+        reasonCode=[CodeableConcept(coding=[Coding(system=ALERT_RULE_SYSTEM, code=alert["rule_id"])],
+                                    text=alert["title"])],
+        payload=[CommunicationPayload(contentString=f"{alert['title']}. {alert['message']}")])
+    bundle = Bundle(type="transaction", entry=[_entry(identifier, communication, f"identifier={URI}|{identifier}")])
+    return json.loads(bundle.model_dump_json(exclude_none=True))
 
 
 def _patient(record: StoredResult, config: LabConfig) -> str:
@@ -160,8 +191,15 @@ class FhirDestination:
 
     def send(self, record: StoredResult) -> str:
         """Post the record; return the lab's location of its DiagnosticReport."""
+        return self._post_bundle(lambda: transaction(record, self.config))
+
+    def send_alert(self, alert: dict) -> str:
+        """Post an alert; return the clinic's location of its Communication."""
+        return self._post_bundle(lambda: alert_transaction(alert, self.config))
+
+    def _post_bundle(self, build) -> str:
         try:
-            body = json.dumps(transaction(record, self.config)).encode("utf-8")
+            body = json.dumps(build()).encode("utf-8")
         except ValidationError as exc:
             raise LabRejected("the result does not make valid FHIR resources", str(exc)) from None
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}

@@ -38,23 +38,8 @@ def oru_message(record: StoredResult, settings: Hl7Settings, config: LabConfig) 
         raise LabRejected("the result has no patient identifier",
                           "no patient identifier: the reading was taken without one and the lab configuration"
                           " has no [lab] default_patient")
-    message = Message("ORU_R01", version="2.5.1")
-    msh = message.msh
-    msh.msh_3.hd_1 = _escaped(settings.sending_application)
-    msh.msh_4.hd_1 = _escaped(settings.sending_facility or provenance["device_id"])
-    msh.msh_5.hd_1 = _escaped(settings.receiving_application)
-    msh.msh_6.hd_1 = _escaped(settings.receiving_facility)
-    msh.msh_7 = _dtm(record.stored_at)
-    msh.msh_9 = "ORU^R01^ORU_R01"
-    msh.msh_10 = control_id(record)
-    msh.msh_11 = "P"
-    patient_result = message.add_group("ORU_R01_PATIENT_RESULT")
-    pid = patient_result.add_group("ORU_R01_PATIENT").pid
-    pid.pid_1 = "1"
-    pid.pid_3.cx_1 = _escaped(patient)
-    _assigning_authority(pid.pid_3.cx_4, config.patient_system)
-    pid.pid_3.cx_5 = "MR"
-    pid.pid_5.xpn_7 = "U"             # name type "unspecified": the reader never knows the name
+    message, patient_result = _oru(settings, config, provenance["device_id"], record.stored_at, control_id(record),
+                                   patient)
     order = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
     obr = order.obr
     obr.obr_1 = "1"
@@ -72,6 +57,60 @@ def oru_message(record: StoredResult, settings: Hl7Settings, config: LabConfig) 
     except HL7apyException as exc:
         raise LabRejected("the result does not make a valid ORU^R01 message", str(exc)) from None
     return message.to_er7()
+
+
+def alert_control_id(alert: dict) -> str:
+    return alert["alert_id"].replace("-", "")[:20]
+
+
+def alert_message(alert: dict, settings: Hl7Settings, config: LabConfig) -> str:
+    """An alert for the clinic as an ORU^R01: OBR for the alert (filler number = the alert's id,
+    parent = the reading that raised it), one TX OBX with the clinic's message, flagged A or AA
+    (urgent), and an NTE with what the patient was told to do."""
+    message, patient_result = _oru(settings, config, "STRIPREAD", alert["created_at"], alert_control_id(alert),
+                                   alert["patient_id"] or config.default_patient)
+    order = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
+    order.obr.obr_1 = "1"
+    order.obr.obr_3.ei_1 = _escaped(alert["alert_id"])
+    order.obr.obr_4 = "ALERT^Home monitoring alert^99SRL"
+    order.obr.obr_7 = _dtm(alert["created_at"])
+    order.obr.obr_25 = "F"
+    observation = order.add_group("ORU_R01_OBSERVATION")
+    obx = observation.obx
+    obx.obx_1, obx.obx_2 = "1", "TX"
+    obx.obx_3 = f"{alert['rule_id']}^{_escaped(alert['title'])}^99SRL"
+    obx.obx_5 = _escaped(alert["message"])
+    obx.obx_8 = "AA" if alert["severity"] == "urgent" else "A"
+    obx.obx_11 = "F"
+    observation.add_segment("NTE").nte_3 = _escaped(f"Told to the patient: {alert['advice']} "
+                                                   f"Raised by reading {alert['result_id']}.")
+    try:
+        message.validate()
+    except HL7apyException as exc:
+        raise LabRejected("the alert does not make a valid ORU^R01 message", str(exc)) from None
+    return message.to_er7()
+
+
+def _oru(settings: Hl7Settings, config: LabConfig, facility: str, at: str, control: str, patient: str):
+    """An ORU^R01 with its MSH and the patient's PID (identifier only), and the group the orders go in."""
+    message = Message("ORU_R01", version="2.5.1")
+    msh = message.msh
+    msh.msh_3.hd_1 = _escaped(settings.sending_application)
+    msh.msh_4.hd_1 = _escaped(settings.sending_facility or facility)
+    msh.msh_5.hd_1 = _escaped(settings.receiving_application)
+    msh.msh_6.hd_1 = _escaped(settings.receiving_facility)
+    msh.msh_7 = _dtm(at)
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = control
+    msh.msh_11 = "P"
+    patient_result = message.add_group("ORU_R01_PATIENT_RESULT")
+    pid = patient_result.add_group("ORU_R01_PATIENT").pid
+    pid.pid_1 = "1"
+    pid.pid_3.cx_1 = _escaped(patient)
+    _assigning_authority(pid.pid_3.cx_4, config.patient_system)
+    pid.pid_3.cx_5 = "MR"
+    pid.pid_5.xpn_7 = "U"             # name type "unspecified": the reader never knows the name
+    return message, patient_result
 
 
 def _observation(group, number: int, pad: PadMessage, provenance: dict) -> None:
@@ -143,15 +182,20 @@ class MllpDestination:
     def send(self, record: StoredResult) -> str:
         """Deliver the message and wait for the ACK: AA returns the control id, AE/AR is a
         rejection kept for a person, no ACK is a retry."""
-        message = oru_message(record, self.settings, self.config)
+        return self._deliver(oru_message(record, self.settings, self.config), control_id(record))
+
+    def send_alert(self, alert: dict) -> str:
+        return self._deliver(alert_message(alert, self.settings, self.config), alert_control_id(alert))
+
+    def _deliver(self, message: str, expected_control_id: str) -> str:
         answer = self._exchange(START + message.encode("utf-8") + END)
         try:
             code, acknowledged, detail = parse_ack(answer.decode("utf-8", "replace"))
         except (HL7apyException, AttributeError, IndexError, KeyError) as exc:
             raise LabUnavailable("the lab's ACK could not be read", str(exc)) from None
-        if acknowledged != control_id(record):
+        if acknowledged != expected_control_id:
             raise LabUnavailable("the lab acknowledged another message",
-                                 f"MSA-2 {acknowledged!r}, expected {control_id(record)!r}")
+                                 f"MSA-2 {acknowledged!r}, expected {expected_control_id!r}")
         if code in ("AA", "CA"):
             return f"MSA|{code}|{acknowledged}"
         if code in ("AE", "AR", "CE", "CR"):

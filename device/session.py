@@ -80,9 +80,10 @@ class ReadingSession:
     """One reader: its board (LEDs, strip sensor, climate, buttons), camera, read path and store."""
 
     def __init__(self, reader: Reader, board, camera: Camera, store: ResultStore, clock: Clock,
-                 on_progress=None, stop: threading.Event | None = None, admit=None):
+                 on_progress=None, stop: threading.Event | None = None, admit=None, judge=None):
         self.reader, self.board, self.camera, self.store, self.clock = reader, board, camera, store, clock
         self.admit = admit or (lambda: None)     # a reason patients may not test now (QC lock), or None
+        self.judge = judge                        # the alert rules, run as each patient's reading is stored
         self.on_progress = on_progress or (lambda message: None)   # one line per step, no patient data
         self.stop = stop or threading.Event()                      # set: the reader is shutting down
         self.product = reader.product
@@ -134,7 +135,8 @@ class ReadingSession:
         result["session"] = {"outcome": outcome, "purpose": purpose, "dipped_at_s": dipped_at, "captures": captures,
                              "states": self.report.state_log, "software_version": software_version()}
         self.report.record = self.store.add(result, patient_id=patient_id, operator_id=operator_id,
-                                            thumbnails=thumbnails, for_lab=purpose == "patient")
+                                            thumbnails=thumbnails, for_lab=purpose == "patient",
+                                            judge=self.judge if purpose == "patient" else None)
         self.report.outcome = outcome
         self.stored += 1
         self._enter(State.STORED, f"{outcome}: stored as record #{self.report.record.seq}")

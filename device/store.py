@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 GENESIS = "0" * 64
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     seq          INTEGER PRIMARY KEY,
@@ -50,6 +50,23 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts   INTEGER NOT NULL DEFAULT 0,
     last_error TEXT
 );
+CREATE TABLE IF NOT EXISTS alerts (
+    id              INTEGER PRIMARY KEY,
+    alert_id        TEXT NOT NULL UNIQUE,
+    result_id       TEXT NOT NULL REFERENCES results (result_id),
+    patient_id      TEXT NOT NULL,
+    rule_id         TEXT NOT NULL,
+    severity        TEXT NOT NULL,
+    condition_key   TEXT NOT NULL,
+    alert_json      TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    acknowledged_by TEXT,
+    acknowledged_at TEXT,
+    delivery        TEXT NOT NULL DEFAULT 'pending' CHECK (delivery IN ('pending', 'sent', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS alerts_patient ON alerts (patient_id, acknowledged_at);
 CREATE TABLE IF NOT EXISTS deliveries (
     result_id   TEXT NOT NULL REFERENCES results (result_id),
     destination TEXT NOT NULL,
@@ -127,9 +144,10 @@ class ResultStore:
         return _Transaction(self._db)
 
     def add(self, result: dict, patient_id: str | None = None, operator_id: str | None = None,
-            thumbnails: dict[str, bytes] | None = None, for_lab: bool = True) -> StoredResult:
+            thumbnails: dict[str, bytes] | None = None, for_lab: bool = True, judge=None) -> StoredResult:
         """Store a result with its thumbnails and, when it is a patient's reading (not a refusal, not
-        a QC control strip: `for_lab`), queue it for the lab, atomically."""
+        a QC control strip: `for_lab`), queue it for the lab, atomically; with it, the alerts that
+        `judge(history, open_alerts)` raises on the patient's history ending with this reading."""
         result_id = str(uuid.uuid4())
         stored_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         result_json = json.dumps(result, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
@@ -144,9 +162,18 @@ class ResultStore:
                 (result_id, stored_at, patient_id, operator_id, status, result_json, prev_hash, digest))
             self._db.executemany("INSERT INTO thumbnails (result_id, analyte, png) VALUES (?, ?, ?)",
                                  [(result_id, a, png) for a, png in (thumbnails or {}).items()])
+            stored = StoredResult(cursor.lastrowid, result_id, stored_at, patient_id, operator_id, result, digest)
             if status == "ok" and for_lab:
                 self._db.execute("INSERT INTO outbox (result_id) VALUES (?)", (result_id,))
-        return StoredResult(cursor.lastrowid, result_id, stored_at, patient_id, operator_id, result, digest)
+                if judge is not None and patient_id is not None:
+                    history = list(reversed(self.history(patient_id, limit=200)))
+                    for alert in judge(history, self.alerts(patient_id, open_only=True)):
+                        self._db.execute(
+                            "INSERT INTO alerts (alert_id, result_id, patient_id, rule_id, severity, condition_key,"
+                            " alert_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (str(uuid.uuid4()), result_id, patient_id, alert["rule_id"], alert["severity"],
+                             alert["condition_key"], json.dumps(alert, sort_keys=True), stored_at))
+        return stored
 
     def history(self, patient_id: str | None = None, limit: int | None = None) -> list[StoredResult]:
         """Newest first; one patient's or everyone's."""
@@ -162,6 +189,38 @@ class ResultStore:
         row = self._db.execute("SELECT seq, result_id, stored_at, patient_id, operator_id, result_json, hash"
                                " FROM results WHERE seq = ?", (seq,)).fetchone()
         return StoredResult(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6]) if row else None
+
+    def alerts(self, patient_id: str | None = None, open_only: bool = False, result_id: str | None = None,
+               limit: int = 200) -> list[dict]:
+        """Alerts, newest first: a patient's, the open ones (not yet acknowledged), or one result's."""
+        clauses, args = [], []
+        for clause, value in (("a.patient_id = ?", patient_id), ("a.result_id = ?", result_id)):
+            if value is not None:
+                clauses, args = clauses + [clause], args + [value]
+        if open_only:
+            clauses.append("a.acknowledged_at IS NULL")
+        rows = self._db.execute(
+            "SELECT a.id, a.alert_id, r.seq, a.result_id, a.patient_id, a.alert_json, a.created_at, a.acknowledged_by,"
+            " a.acknowledged_at, a.delivery, a.attempts, a.last_error FROM alerts a JOIN results r USING (result_id)"
+            + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY a.id DESC LIMIT ?", (*args, limit))
+        return [{**json.loads(r[5]), "id": r[0], "alert_id": r[1], "seq": r[2], "result_id": r[3], "patient_id": r[4],
+                 "created_at": r[6], "acknowledged_by": r[7], "acknowledged_at": r[8], "delivery": r[9],
+                 "attempts": r[10], "last_error": r[11]} for r in rows]
+
+    def acknowledge(self, alert_row: int, by: str) -> bool:
+        """A clinician has seen the alert: it closes, and the same condition may alert again later."""
+        at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return self._db.execute("UPDATE alerts SET acknowledged_by = ?, acknowledged_at = ? WHERE id = ? AND"
+                                " acknowledged_at IS NULL", (by, at, alert_row)).rowcount == 1
+
+    def pending_alerts(self) -> list[dict]:
+        """Alerts the clinic has not yet received, oldest first."""
+        return list(reversed([a for a in self.alerts(limit=10_000) if a["delivery"] == "pending"]))
+
+    def record_alert_delivery(self, alert_row: int, error: str | None = None, permanent: bool = False) -> None:
+        state = "sent" if error is None else "failed" if permanent else "pending"
+        self._db.execute("UPDATE alerts SET delivery = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+                         (state, error, alert_row))
 
     def thumbnails(self, result_id: str) -> dict[str, bytes]:
         return dict(self._db.execute("SELECT analyte, png FROM thumbnails WHERE result_id = ?", (result_id,)))

@@ -42,6 +42,7 @@ def destinations(config: LabConfig) -> list:
 class SyncSummary:
     sent: int = 0
     failed: int = 0
+    alerts_sent: int = 0
     waiting: str | None = None            # why the pass stopped early (the lab is down, refused the reader)
     retry_after: float | None = None      # what the lab asked for, if it did
     refused: bool = False                 # the lab refused the reader: needs a person, not a retry
@@ -77,7 +78,8 @@ class Syncer:
 
     def sync_once(self, on_progress: Callable[[int, int], None] | None = None,
                   stop: threading.Event | None = None) -> SyncSummary:
-        """Oldest pending result first, until none is left, the lab cannot take more now, or `stop`."""
+        """Oldest pending result first, then the alerts raised on them, until none is left, the lab
+        cannot take more now, or `stop`."""
         summary, after, total = SyncSummary(), 0, self.store.outbox_counts()["pending"]
         while batch := self.store.pending(after, BATCH):
             for record in batch:
@@ -86,6 +88,9 @@ class Syncer:
                     return summary
                 if on_progress:
                     on_progress(summary.sent + summary.failed, total)
+        for alert in self.store.pending_alerts():
+            if (stop and stop.is_set()) or not self._deliver_alert(alert, summary):
+                return summary
         return summary
 
     def _deliver(self, record: StoredResult, summary: SyncSummary) -> bool:
@@ -94,30 +99,49 @@ class Syncer:
         for sink in self.sinks:
             if sink.name in done:
                 continue      # acknowledged before a crash or by a pass that stopped at another lab
-            try:
-                reference = sink.send(record)
-            except LabRejected as exc:
-                self.store.record_attempt(record.result_id, f"{sink.name}: {exc}: {exc.detail}", permanent=True)
-                summary.failed += 1
-                summary.failures.append((record.seq, f"{sink.name}: {exc}"))
-                log.warning("lab rejected a result", extra={"fields": {"record": record.seq, "destination": sink.name,
-                                                                       "reason": str(exc)}})
-                return True
-            except LabUnavailable as exc:
-                self.store.record_attempt(record.result_id, f"{sink.name}: {exc}: {exc.detail}", permanent=False)
-                summary.waiting, summary.retry_after = f"{sink.name}: {exc}", exc.retry_after
-                log.info("lab unavailable", extra={"fields": {"record": record.seq, "destination": sink.name,
-                                                              "reason": str(exc)}})
-                return False
-            except LabRefusedReader as exc:
-                summary.waiting, summary.refused = f"{sink.name}: {exc}", True
-                log.error("lab refused the reader", extra={"fields": {"destination": sink.name, "reason": str(exc)}})
-                return False
-            done[sink.name] = reference
-            self.store.record_delivery(record.result_id, sink.name, reference,
+            outcome, answer = self._attempt(sink, lambda: sink.send(record), "result", record.seq, summary)
+            if outcome != "ok":
+                if answer is not None:
+                    self.store.record_attempt(record.result_id, answer, permanent=outcome == "rejected")
+                return outcome == "rejected"
+            done[sink.name] = answer
+            self.store.record_delivery(record.result_id, sink.name, answer,
                                        complete=all(s.name in done for s in self.sinks))
         summary.sent += 1
         return True
+
+    def _deliver_alert(self, alert: dict, summary: SyncSummary) -> bool:
+        """An alert to every destination (a resend to one that has it is recognised there)."""
+        for sink in self.sinks:
+            outcome, answer = self._attempt(sink, lambda: sink.send_alert(alert), "alert", alert["seq"], summary)
+            if outcome != "ok":
+                if answer is not None:
+                    self.store.record_alert_delivery(alert["id"], answer, permanent=outcome == "rejected")
+                return outcome == "rejected"
+        self.store.record_alert_delivery(alert["id"])
+        summary.alerts_sent += 1
+        return True
+
+    @staticmethod
+    def _attempt(sink, send, what: str, seq: int, summary: SyncSummary) -> tuple[str, str | None]:
+        """One send: ("ok", the lab's reference), ("rejected" | "waiting", what to keep of the
+        lab's answer), or ("refused", None) when the lab refuses the reader itself."""
+        try:
+            return "ok", send()
+        except LabRejected as exc:
+            summary.failed += 1
+            summary.failures.append((seq, f"{sink.name}: {exc}"))
+            log.warning(f"lab rejected a {what}", extra={"fields": {"record": seq, "destination": sink.name,
+                                                                   "reason": str(exc)}})
+            return "rejected", f"{sink.name}: {exc}: {exc.detail}"
+        except LabUnavailable as exc:
+            summary.waiting, summary.retry_after = f"{sink.name}: {exc}", exc.retry_after
+            log.info("lab unavailable", extra={"fields": {"record": seq, "destination": sink.name, "reason": str(exc)}})
+            return "waiting", f"{sink.name}: {exc}: {exc.detail}"
+        except LabRefusedReader as exc:
+            summary.waiting, summary.refused = f"{sink.name}: {exc}", True
+            log.error("lab refused the reader", extra={"fields": {"destination": sink.name, "reason": str(exc)}})
+            return "refused", None
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Passes until `stop`: right away when `wake` is set (a new result), every `interval_s`

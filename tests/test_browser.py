@@ -1,6 +1,7 @@
 """The web interface in a real browser: Debian's headless Chromium driven by Selenium against
 `stripread serve --simulate` in a subprocess. A patient's test from the start page to its result,
-the history's trend plots, a technician's login to QC, and no patient id in the server's log.
+the history's trend plots, a technician's login to QC, the clinic's alerts acknowledged, and no
+patient id in the server's log.
 
 Chromium and ChromeDriver come from Debian (`chromium`, `chromium-driver`); when they are missing
 and the tests run as root (CI), they are installed here. With STRIPREAD_SCREENSHOTS=<folder> the
@@ -49,6 +50,7 @@ def server(tmp_path_factory):
     (folder / "password").write_text(PASSWORD)
     subprocess.run(cli + ["user", "tech-1", "--password-file", str(folder / "password"), "--db", str(db)], check=True,
                    capture_output=True)
+    _seed_an_alert(db)
     control = folder / "negative.jpg"
     control.write_bytes(_negative_control_photo())
     subprocess.run(cli + ["qc", "run", "--control", "negative", "--photo", str(control), "--db", str(db)], check=True,
@@ -64,6 +66,16 @@ def server(tmp_path_factory):
     process.terminate()
     process.wait(20)
     log.close()
+
+
+def _seed_an_alert(db) -> None:
+    """A home patient's reading with very high glucose, stored as the reader stores one."""
+    from device.alerts import judge, load_rules
+    from device.store import ResultStore
+    from labdata import RESULT
+    analytes = [dict(a, level="1000", value=990.0) if a["analyte"] == "GLU" else a for a in RESULT["analytes"]]
+    with ResultStore(db) as store:
+        store.add({**RESULT, "analytes": analytes}, patient_id="HOME-5", judge=judge(load_rules()))
 
 
 def _negative_control_photo() -> bytes:
@@ -124,9 +136,11 @@ def test_a_test_started_from_the_page_ends_on_its_result(server, browser):
     browser.find_element(By.ID, "patient_id").send_keys(PATIENT)
     _shoot(browser, "start")
     browser.find_element(By.ID, "start").click()
-    assert browser.current_url.endswith("/test/live")
-    windows = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#windows li.pending"), driver=browser)
-    assert "read in" in windows[0].text                                   # the countdown runs
+    _wait(lambda: browser.current_url.endswith("/test/live"), timeout=20, driver=browser)
+    # the page redraws the countdown twice a second: read its text in one go, not element by element
+    pending = _wait(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#windows li.pending')].map(li => li.textContent)"), driver=browser)
+    assert pending[0].startswith("read in ")                              # the countdown runs
     _wait(lambda: browser.find_element(By.ID, "preview").get_attribute("naturalWidth") not in (None, "0"),
           driver=browser)
     _shoot(browser, "live")
@@ -144,7 +158,7 @@ def test_the_history_shows_a_patients_trend_plots(server, browser):
     url, _ = server
     browser.get(url + "/history")
     browser.find_element(By.LINK_TEXT, PATIENT).click()
-    plots = browser.find_elements(By.CSS_SELECTOR, "svg.trend")
+    plots = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "svg.trend"), timeout=20, driver=browser)
     assert len(plots) == 10
     assert all(plot.find_elements(By.TAG_NAME, "circle") for plot in plots)
     assert plots[0].size["width"] > 200                                   # drawn, not collapsed
@@ -159,7 +173,7 @@ def test_a_technician_logs_in_and_sees_qc(server, browser):
     browser.find_element(By.ID, "username").send_keys("tech-1")
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "login").click()
-    assert browser.current_url.endswith("/tech")
+    _wait(lambda: browser.current_url.endswith("/tech"), timeout=20, driver=browser)
     assert browser.find_element(By.ID, "qc-status").text == "Quality control passed."
     chart = browser.find_element(By.CSS_SELECTOR, "img.chart")
     _wait(lambda: int(chart.get_attribute("naturalWidth") or 0) > 1000)   # the Levey-Jennings PNG
@@ -167,9 +181,25 @@ def test_a_technician_logs_in_and_sees_qc(server, browser):
     _shoot(browser, "technician")
 
 
+def test_the_clinic_view_shows_alerts_newest_first_and_acknowledges_them(server, browser):
+    from selenium.webdriver.common.by import By
+    url, _ = server
+    browser.get(url + "/clinic")                      # logged in by the technician test above
+    assert "HOME-5" in [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#review td a")]
+    items = browser.find_elements(By.CSS_SELECTOR, "#open-alerts li")
+    home = [item.text for item in items if "HOME-5" in item.text]
+    assert any("Very high glucose" in text and text.startswith("urgent") for text in home)
+    _shoot(browser, "clinic")
+    for remaining in range(len(items), 0, -1):
+        browser.find_element(By.CSS_SELECTOR, "#open-alerts li button").click()
+        _wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#open-alerts li")) == remaining - 1, timeout=20,
+              driver=browser)
+    assert browser.find_element(By.ID, "no-alerts").text == "No open alerts."
+
+
 def test_the_server_log_names_no_patient(server, browser):
     url, log = server
     browser.get(url + f"/patients/{PATIENT}")
     browser.get(url + f"/api/results?patient={PATIENT}")
     text = log.read_text()
-    assert "session completed" in text and PATIENT not in text
+    assert "session completed" in text and PATIENT not in text and "HOME-5" not in text

@@ -24,6 +24,7 @@ from device.web.plain import next_steps, trend_svg
 
 HERE = Path(__file__).parent
 SESSION_COOKIE, FORM_COOKIE = "sr_session", "sr_form"
+SEVERITY_ORDER = ("info", "warning", "urgent")
 INSERT_DELAY_S = 2.0       # simulated reader: the patient puts the strip in two seconds after "start"
 
 
@@ -114,7 +115,11 @@ def create_app(context: WebContext) -> FastAPI:
     @app.get("/results/{seq}", response_class=HTMLResponse, include_in_schema=False)
     def result_page(request: Request, seq: int):
         record = stored(seq)
-        return page(request, "result.html", record=record, pads=pad_rows(record), steps=next_steps(record["result"]))
+        from device.store import ResultStore
+        with ResultStore(context.db) as store:
+            alerts = store.alerts(result_id=record["result_id"])
+        return page(request, "result.html", record=record, pads=pad_rows(record), steps=next_steps(record["result"]),
+                    alerts=alerts)
 
     @app.get("/api/results/{seq}")
     def result_json(seq: int) -> dict:
@@ -206,6 +211,27 @@ def create_app(context: WebContext) -> FastAPI:
         levey_jennings_png(control, series, buffer)
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
 
+    @app.get("/clinic", response_class=HTMLResponse, include_in_schema=False)
+    def clinic(request: Request):
+        """Patients needing review: open alerts, newest first, each with the patient's history."""
+        session = require_technician(request)
+        return page(request, "clinic.html", user=session.username, csrf=session.csrf, **clinic_view())
+
+    @app.get("/api/clinic/alerts")
+    def clinic_json(request: Request) -> dict:
+        """Open and recent alerts (clinic staff only)."""
+        if technician(request) is None:
+            raise HTTPException(401, "log in as clinic staff")
+        return clinic_view()
+
+    @app.post("/clinic/alerts/{alert_row}/acknowledge", include_in_schema=False)
+    def acknowledge(request: Request, alert_row: int, csrf: str = Form("")):
+        session = technician_form(request, csrf)
+        from device.store import ResultStore
+        with ResultStore(context.db) as store:
+            store.acknowledge(alert_row, session.username)
+        return RedirectResponse("/clinic", status_code=303)
+
     @app.post("/tech/sync/retry", include_in_schema=False)
     def retry_sync(request: Request, csrf: str = Form("")):
         technician_form(request, csrf)
@@ -276,6 +302,23 @@ def create_app(context: WebContext) -> FastAPI:
         if not lines:
             raise HTTPException(404, "no readings of this patient")
         return lines
+
+    def clinic_view() -> dict:
+        from device.store import ResultStore
+        with ResultStore(context.db) as store:
+            recent = store.alerts(limit=200)
+        open_alerts = [a for a in recent if a["acknowledged_at"] is None]
+        patients: dict[str, dict] = {}
+        for alert in open_alerts:                       # newest first: the first seen is the newest
+            entry = patients.setdefault(alert["patient_id"], {"patient_id": alert["patient_id"], "alerts": 0,
+                                                             "worst": alert["severity"], "newest": alert["created_at"]})
+            entry["alerts"] += 1
+            if SEVERITY_ORDER.index(alert["severity"]) > SEVERITY_ORDER.index(entry["worst"]):
+                entry["worst"] = alert["severity"]
+        review = sorted(patients.values(), key=lambda p: (SEVERITY_ORDER.index(p["worst"]), p["newest"]),
+                        reverse=True)                   # the most severe first, then the newest
+        return {"review": review, "open": open_alerts,
+                "acknowledged": [a for a in recent if a["acknowledged_at"] is not None][:20]}
 
     def technician_status() -> dict:
         from calibration.records import Records
