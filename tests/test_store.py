@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from device.store import ResultStore
+from device.store import SCHEMA_VERSION, ResultStore
 
 RESULT = {"schema": "stripread.read/1", "status": "ok", "product": "generic-10",
           "analytes": [{"analyte": "GLU", "level": "250", "value": 240.0, "confidence": 0.9, "flags": []}]}
@@ -69,7 +69,7 @@ def test_the_hash_chain_shows_tampering(tmp_path, sql, reason):
 
 _WRITER = """
 import sys
-from device.store import ResultStore
+from device.store import SCHEMA_VERSION, ResultStore
 store = ResultStore(sys.argv[1])
 n = int(sys.argv[2])
 while True:
@@ -191,5 +191,5 @@ def test_a_version_1_store_is_migrated_without_sending_its_refusals(tmp_path):
         s._db.execute("PRAGMA user_version=1")
     with ResultStore(path) as s:
         assert [r.result_id for r in s.pending()] == [ok.result_id]
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert s.deliveries(ok.result_id) == {} and s.verify().first_broken_seq is None
