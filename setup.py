@@ -18,9 +18,9 @@ setup(
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "onnxruntime>=1.16",
-        # the reader's microcontroller link (firmware_bridge): the serial port, COBS framing, CRC
+        # the reader's microcontroller link (firmware_bridge): the serial port and its CRC (COBS is
+        # written out in firmware_bridge/protocol.py: the `cobs` package has no Linux wheels)
         "pyserial>=3.5",
-        "cobs>=1.2",
         "crc>=7.0",
         # lab sync: FHIR R4 resources built and validated by their reference models (R4B module),
         # HL7 v2 messages built, validated and parsed by a full 2.5.1 implementation

@@ -8,7 +8,6 @@ PROTOCOL.md beside this file is the reference; the constants below mirror its ta
 import struct
 from collections import namedtuple
 
-from cobs import cobs
 from crc import Calculator, Configuration
 
 PROTOCOL_MAJOR = 1
@@ -86,15 +85,44 @@ def crc16(data):
 
 
 def cobs_encode(data):
-    return cobs.encode(data)
+    """Consistent Overhead Byte Stuffing (Cheshire & Baker): the output has no zero byte, so a zero
+    can end a frame. Each block is a code byte (its length + 1) and up to 254 non-zero bytes; a code
+    below 0xFF stands for a zero after its block. (Written here: the `cobs` package ships no Linux
+    wheels, and a Raspberry Pi must not compile anything; identical output to it, see the tests.)"""
+    out = bytearray()
+    block = bytearray()
+    full = False                     # the last block written was a full one: no zero follows it
+    for byte in data:
+        if byte == 0:
+            out.append(len(block) + 1)
+            out += block
+            block, full = bytearray(), False
+        else:
+            block.append(byte)
+            if len(block) == 254:
+                out.append(0xFF)
+                out += block
+                block, full = bytearray(), True
+    if block or not full:
+        out.append(len(block) + 1)
+        out += block
+    return bytes(out)
 
 
 def cobs_decode(data):
     """Decode COBS; raises ValueError on malformed input (callers treat it as garbage)."""
-    try:
-        return cobs.decode(data)
-    except cobs.DecodeError as error:
-        raise ValueError(str(error))
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        code = data[i]
+        end = i + code
+        if code == 0 or end > n or 0 in data[i + 1:end]:
+            raise ValueError("malformed COBS block at byte %d" % i)
+        out += data[i + 1:end]
+        i = end
+        if code < 0xFF and i < n:
+            out.append(0)
+    return bytes(out)
 
 
 class ProtocolError(ValueError):

@@ -127,3 +127,19 @@ def test_corrupted_traffic_loses_at_most_the_frame_hit(data, valid):
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))
     out = iter(_feed_in_chunks(p.FrameDecoder(accept_types=p.DEVICE_TO_HOST), bytes(stream), cuts))
     assert all(frame in out for frame in intact)  # an ordered subsequence of the output
+
+
+@pytest.mark.parametrize("data,encoded", [
+    (b"\x00", b"\x01\x01"),
+    (b"\x00\x00", b"\x01\x01\x01"),
+    (b"\x11\x22\x00\x33", b"\x03\x11\x22\x02\x33"),
+    (b"\x11\x22\x33\x44", b"\x05\x11\x22\x33\x44"),
+    (b"\x11\x00\x00\x00", b"\x02\x11\x01\x01\x01"),
+    (bytes(range(1, 255)), b"\xff" + bytes(range(1, 255))),
+    (bytes(range(0, 255)), b"\x01\xff" + bytes(range(1, 255))),
+    (bytes(range(2, 256)) + b"\x00", b"\xff" + bytes(range(2, 256)) + b"\x01\x01"),
+])
+def test_cobs_matches_the_published_examples(data, encoded):
+    """The worked examples of Cheshire & Baker's COBS (as listed on its Wikipedia page)."""
+    assert p.cobs_encode(data) == encoded
+    assert p.cobs_decode(encoded) == data
