@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 
+from device.calibrations import QcStatus
 from device.camera import Camera, CameraLost
 from device.read import SCHEMA, Reader, software_version
 from device.store import ResultStore, StoredResult
@@ -82,7 +83,8 @@ class ReadingSession:
     def __init__(self, reader: Reader, board, camera: Camera, store: ResultStore, clock: Clock,
                  on_progress=None, stop: threading.Event | None = None, admit=None, judge=None):
         self.reader, self.board, self.camera, self.store, self.clock = reader, board, camera, store, clock
-        self.admit = admit or (lambda: None)     # a reason patients may not test now (QC lock), or None
+        # the QC state before each patient test (device.calibrations.QcStatus): locked, why, last passing run
+        self.admit = admit or (lambda: QcStatus(False, "", None))
         self.judge = judge                        # the alert rules, run as each patient's reading is stored
         self.on_progress = on_progress or (lambda message: None)   # one line per step, no patient data
         self.stop = stop or threading.Event()                      # set: the reader is shutting down
@@ -111,10 +113,10 @@ class ReadingSession:
         captures: list[dict] = []
         thumbnails: dict[str, bytes] = {}
         dipped_at = None
+        qc = self.admit() if purpose == "patient" else QcStatus(False, "", None)
         try:
-            refusal = self.admit() if purpose == "patient" else None
-            if refusal:
-                raise SessionEnded("locked", refusal)
+            if qc.locked:
+                raise SessionEnded("locked", qc.message)
             self._check_climate()
             dipped_at = self._wait_for_strip() if inserted_at is None else inserted_at
             self.dipped_at, self.last_photo = dipped_at, None
@@ -132,6 +134,8 @@ class ReadingSession:
                       "message": ended.message, "product": self.product.id}
         finally:
             self._lights_off_and_stop()
+        if "provenance" in result and qc.last_passing_id:
+            result["provenance"]["qc_run_id"] = qc.last_passing_id     # the QC that vouched for this reader
         result["session"] = {"outcome": outcome, "purpose": purpose, "dipped_at_s": dipped_at, "captures": captures,
                              "states": self.report.state_log, "software_version": software_version()}
         self.report.record = self.store.add(result, patient_id=patient_id, operator_id=operator_id,

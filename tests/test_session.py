@@ -121,6 +121,21 @@ def test_a_full_session_reads_each_pad_at_its_own_time(reader, tmp_path):
     assert board.led_history == [(255, 255, 255)] and board.leds == (0, 0, 0)
 
 
+def test_qc_locks_patient_sessions_and_the_passing_run_is_named_in_provenance(reader, tmp_path):
+    from device.calibrations import QcStatus
+    session, board, camera, store = _session(reader, tmp_path, [])
+    session.admit = lambda: QcStatus(True, "Quality control failed (neg): patient tests are locked.", None)
+    locked = session.run(patient_id="P-1")
+    assert locked.outcome == "locked" and board.led_history == []          # no strip was read
+    assert store.history()[0].result["message"].startswith("Quality control failed")
+    qc_session = session.run(purpose="qc")                                  # a control strip still reads
+    assert qc_session.outcome == "completed" and store.outbox_counts()["pending"] == 0
+    session, *_, store = _session(reader, tmp_path / "again", [])
+    session.admit = lambda: QcStatus(False, "Quality control passed.", "qc-0123456789ab")
+    session.run(patient_id="P-1")
+    assert store.history()[0].result["provenance"]["qc_run_id"] == "qc-0123456789ab"
+
+
 def test_reading_every_pad_at_the_first_read_time_would_misread_the_slow_ones(reader):
     """Why the session captures at each pad's time: at 30 s the 120 s leukocyte pad is not there yet."""
     clock = FakeClock()
