@@ -161,7 +161,7 @@ def _observation(pad: PadMessage, ref: str, patient: Reference, device: Referenc
     return Observation(
         identifier=[Identifier(system=URI, value=ref)], status="final",
         category=[CodeableConcept(coding=[Coding(system=OBSERVATION_CATEGORY, code="laboratory")])],
-        code=CodeableConcept(coding=[Coding(system=LOINC, code=pad.loinc)], text=pad.analyte),
+        code=CodeableConcept(coding=[Coding(system=LOINC, code=pad.loinc)], text=pad.name),
         subject=patient, effectiveDateTime=provenance["captured_at"], issued=record.stored_at, device=device,
         method=CodeableConcept(text=f"Camera reflectance reading of a {provenance['product']} strip"),
         note=[Annotation(text=pad.note)], **fields)

@@ -116,7 +116,7 @@ def _oru(settings: Hl7Settings, config: LabConfig, facility: str, at: str, contr
 def _observation(group, number: int, pad: PadMessage, provenance: dict) -> None:
     obx = group.obx
     obx.obx_1 = str(number)
-    obx.obx_3 = f"{pad.loinc}^{pad.analyte}^LN"
+    obx.obx_3 = f"{pad.loinc}^{_escaped(pad.name)}^LN"
     if pad.level is None:
         obx.obx_11 = "X"                # the result cannot be obtained for this observation
     else:

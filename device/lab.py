@@ -13,7 +13,8 @@ import ipaddress
 import os
 import ssl
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -237,6 +238,7 @@ class PadMessage:
     absent_reason: str | None    # a flag saying why no level was reported
     note: str
     derived_from: tuple[str, ...] = ()   # a derived quantity (the ACR): the pads it is computed from
+    name: str = ""                       # what a person calls it ("Glucose"), from the product file
 
     @property
     def quantitative(self) -> bool:
@@ -249,8 +251,22 @@ class PadMessage:
 
 def pad_messages(result: dict) -> list[PadMessage]:
     """Every pad of a stored reading, in the strip's order, then the quantities derived from them."""
-    return [_pad_message(entry) for entry in result["analytes"]] + \
+    names = _names(result.get("product", ""))
+    messages = [_pad_message(entry) for entry in result["analytes"]] + \
         [_derived_message(entry) for entry in result.get("derived", [])]
+    return [replace(m, name=names.get(m.analyte, m.analyte)) for m in messages]
+
+
+@lru_cache(maxsize=16)
+def _names(product_id: str) -> dict[str, str]:
+    """Pad and derived names of a product; its codes stand in when its file is not on this reader."""
+    from calibration.errors import SpecError
+    from calibration.specs import load_product
+    try:
+        product = load_product(product_id)
+    except SpecError:
+        return {}
+    return {**{p.analyte: p.name for p in product.pads}, **{d["code"]: d.get("name", d["code"]) for d in product.derived}}
 
 
 def _derived_message(entry: dict) -> PadMessage:

@@ -90,7 +90,7 @@ def test_the_ratio_goes_to_the_lab_as_its_own_observation(tmp_path, acr_product)
                == "9318-7")
     assert acr["valueQuantity"]["value"] == 80.0 and acr["valueQuantity"]["code"] == "mg/g"
     sources = {e["fullUrl"] for e in entries if e["resource"]["resourceType"] == "Observation"
-               and e["resource"]["code"]["text"] in ("ALB", "CRE")}
+               and e["resource"]["code"]["text"] in ("Albumin", "Creatinine")}
     assert {ref["reference"] for ref in acr["derivedFrom"]} == sources
     assert "Category A2" in acr["note"][0]["text"]
     segments = oru_message(record, Hl7Settings("h", 1, None), config).split("\r")

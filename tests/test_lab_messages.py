@@ -13,6 +13,7 @@ from device.store import ResultStore
 from labdata import ANALYTES, fill
 
 CONFIG = LabConfig(fhir=None, hl7=None, patient_system="urn:oid:2.16.840.1.113883.19.5")
+LOINC_TO_CODE = {a["loinc"]: a["analyte"] for a in ANALYTES}
 HL7 = Hl7Settings("127.0.0.1", 2575, None, receiving_application="LIS", receiving_facility="LAB")
 
 
@@ -46,7 +47,8 @@ def test_the_fhir_transaction_is_valid_r4_with_one_observation_per_pad(record):
 
 
 def test_each_kind_of_pad_is_expressed_as_the_lab_expects(record):
-    by_code = {o["code"]["text"]: o for o in _resources(transaction(record, CONFIG), "Observation")}
+    by_code = {LOINC_TO_CODE[o["code"]["coding"][0]["code"]]: o
+               for o in _resources(transaction(record, CONFIG), "Observation")}
     glucose, ph, gravity = by_code["GLU"], by_code["PH"], by_code["SG"]
     assert glucose["valueQuantity"] == {"value": 243.0, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
                                         "code": "mg/dL"}
@@ -102,7 +104,8 @@ def test_the_oru_message_parses_with_every_pad_coded(record):
     assert patient_result.oru_r01_patient.pid.pid_3.to_er7() == "P-000123^^^&2.16.840.1.113883.19.5&ISO^MR"
     order = patient_result.oru_r01_order_observation
     assert order.obr.obr_4.to_er7().startswith("50556-0^")
-    obx = {o.obx.obx_3.ce_2.to_er7(): o.obx for o in order.oru_r01_observation}
+    obx = {LOINC_TO_CODE[o.obx.obx_3.ce_1.to_er7()]: o.obx for o in order.oru_r01_observation}
+    assert order.oru_r01_observation[-1].obx.obx_3.ce_2.to_er7() == "Glucose"      # the product's name
     assert [o.obx.obx_3.ce_1.to_er7() for o in order.oru_r01_observation] == [a["loinc"] for a in ANALYTES]
     assert (obx["GLU"].obx_2.to_er7(), obx["GLU"].obx_5.to_er7(), obx["GLU"].obx_6.to_er7()) == \
         ("NM", "243", "mg/dL^mg/dL^UCUM")

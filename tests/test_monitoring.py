@@ -84,7 +84,7 @@ def test_alerts_reach_the_clinic_over_fhir_and_hl7_once(tmp_path, store, lab_ca,
         urgent = next(c for c in communications if c["priority"] == "asap")
         assert urgent["subject"]["identifier"]["value"] == "P-1"
         about = {ref["identifier"]["value"] for ref in urgent["about"]}
-        glucose = next(o for o in fhir.resources("Observation") if o["code"]["text"] == "GLU")
+        glucose = next(o for o in fhir.resources("Observation") if o["code"]["text"] == "Glucose")
         assert f"urn:uuid:{reading.result_id}" in about and glucose["identifier"][0]["value"] in about
         assert "Very high glucose" in urgent["payload"][0]["contentString"]
         alert_messages = [m for m in mllp.messages if "ALERT" in m.to_er7().split("\r")[2]]
