@@ -371,7 +371,8 @@ def _start_web(args, stack: contextlib.ExitStack, service, rig) -> None:
     from device.web.app import WebContext, create_app
     host, _, port = args.web.rpartition(":")
     https = bool(args.web_cert)
-    app = create_app(WebContext(Path(args.db), load_product(args.product), service, rig, https=https))
+    app = create_app(WebContext(Path(args.db), load_product(args.product), service, rig, https=https,
+                                login_everywhere=args.web_login))
     config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), access_log=False, log_level="warning",
                             ssl_certfile=args.web_cert, ssl_keyfile=args.web_key, log_config=None)
     server = uvicorn.Server(config)
@@ -520,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--web-cert", help="TLS certificate for the web interface (needed beyond this machine)")
         alert_option(p)
         p.add_argument("--web-key", help="its private key")
+        p.add_argument("--web-login", action="store_true", help="every page needs a staff login (a clinic's "
+                                                                "network), not only the technician's")
         spec_options(p, model=True)
         db_option(p)
 

@@ -127,3 +127,13 @@ def test_accounts_need_long_passwords_and_sessions_expire(tmp_path):
         token, _ = accounts.login("t", PASSWORD)
         accounts.set_password("t", PASSWORD + "!")                 # a new password ends every session
         assert accounts.session(token) is None
+
+
+def test_on_a_clinic_network_every_page_needs_a_login(web, product):
+    _, db = web
+    client = TestClient(create_app(WebContext(db, product, login_everywhere=True)))
+    for path in ("/", "/history", "/results/4", "/patients/P-000123"):
+        assert client.get(path, follow_redirects=False).headers["location"] == "/tech/login", path
+    assert client.get("/api/results").status_code == 401 and client.get("/static/style.css").status_code == 200
+    assert _login(client).status_code == 303
+    assert client.get("/patients/P-000123").status_code == 200 and client.get("/api/results").status_code == 200

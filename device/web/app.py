@@ -36,6 +36,7 @@ class WebContext:
     service: object | None = None   # device.service.ReaderService
     rig: object | None = None       # device.rig.SimulatedRig: "start" also puts a simulated strip in
     https: bool = False
+    login_everywhere: bool = False  # a clinic's network: every page needs a logged-in staff member
 
 
 def create_app(context: WebContext) -> FastAPI:
@@ -45,6 +46,16 @@ def create_app(context: WebContext) -> FastAPI:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     product = context.product
+
+    @app.middleware("http")
+    async def staff_only(request: Request, call_next):
+        """With `login_everywhere`, patients' pages and data too are for logged-in staff only."""
+        public = request.url.path in ("/tech/login", "/openapi.json") or request.url.path.startswith("/static/")
+        if context.login_everywhere and not public and technician(request) is None:
+            if request.url.path.startswith("/api/"):
+                return JSONResponse({"detail": "log in first"}, status_code=401)
+            return RedirectResponse("/tech/login", status_code=303)
+        return await call_next(request)
 
     def page(request: Request, name: str, **values) -> HTMLResponse:
         form_token = request.cookies.get(FORM_COOKIE) or secrets.token_urlsafe(24)
