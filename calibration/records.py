@@ -97,6 +97,14 @@ class Records:
         query += " ORDER BY seq DESC" + (f" LIMIT {int(limit)}" if limit else "")
         return [Record(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in self._db.execute(query, args)]
 
+    def latest_per_subject(self, kind: str) -> dict[str, Record]:
+        """The record in force for each subject of a kind (each control's last QC run, each lot's
+        calibration), newest first."""
+        newest: dict[str, Record] = {}
+        for record in self.history(kind):
+            newest.setdefault(record.subject, record)
+        return newest
+
     def get(self, record_id: str) -> Record | None:
         row = self._db.execute("SELECT id, kind, subject, created_at, operator, payload FROM calibration_records"
                                " WHERE id = ?", (record_id,)).fetchone()

@@ -65,11 +65,8 @@ def qc_status(records: Records, now: datetime | None = None) -> QcStatus:
     """Locked after a failed run until that control passes again; locked when a scheduled
     control is overdue."""
     now = now or datetime.now(timezone.utc)
-    runs = records.history("qc")
-    latest: dict[str, object] = {}
-    for run in runs:                           # newest first: the first seen per control is its latest
-        latest.setdefault(run.subject, run)
-    passing = next((r.id for r in runs if r.payload["passed"]), None)
+    latest = records.latest_per_subject("qc")
+    passing = next((r.id for r in records.history("qc") if r.payload["passed"]), None)
     failed = [control for control, run in latest.items() if not run.payload["passed"]]
     if failed:
         return QcStatus(True, f"Quality control failed ({', '.join(sorted(failed))}): patient tests are locked "
@@ -83,3 +80,17 @@ def qc_status(records: Records, now: datetime | None = None) -> QcStatus:
             return QcStatus(True, f"Quality control is due ({', '.join(overdue)}): patient tests are locked "
                                   "until a technician runs it.", passing)
     return QcStatus(False, "Quality control passed." if latest else "No quality control is set up.", passing)
+
+
+def control_runs(records: Records, control_id: str, control=None):
+    """(the control, its stored runs of that control's material lot, oldest first): the history the
+    Westgard rules and the Levey-Jennings chart see. Without `control`, the definition kept with the
+    newest run; (None, []) when the control never ran."""
+    from calibration.qc import QcRun, load_control
+    stored = list(reversed(records.history("qc", control_id)))
+    if control is None:
+        if not stored:
+            return None, []
+        control = load_control(stored[-1].payload["control_toml"])
+    return control, [QcRun.from_dict(r.payload["run"]) for r in stored
+                     if r.payload["run"]["material_lot"] == control.material_lot]

@@ -114,12 +114,10 @@ def calibration_list(args) -> int:
     from calibration.records import Records
     from device.calibrations import qc_status
     with Records(args.db) as records:
-        latest = {kind: records.history(kind) for kind in ("camera", "card", "lot", "qc_schedule")}
+        rows = [(kind.replace("_", " "), record) for kind in ("camera", "card", "lot", "qc_schedule")
+                for record in records.latest_per_subject(kind).values()]
         status = qc_status(records)
         tampered = records.verify()
-    rows = [("camera", r) for r in latest["camera"][:1]]
-    rows += _newest_per_subject("card", latest["card"]) + _newest_per_subject("lot", latest["lot"])
-    rows += [("qc schedule", r) for r in latest["qc_schedule"][:1]]
     if not rows:
         print("no calibration records: the reader runs on its factory calibration")
     for kind, record in rows:
@@ -130,13 +128,6 @@ def calibration_list(args) -> int:
         print(f"records altered after they were made: {', '.join(tampered)}")
         return EXIT_REFUSED
     return EXIT_OK
-
-
-def _newest_per_subject(kind: str, records: list) -> list:
-    seen: dict = {}
-    for record in records:
-        seen.setdefault(record.subject, record)
-    return [(kind, r) for r in seen.values()]
 
 
 def _control(name_or_path: str):
@@ -150,10 +141,9 @@ def _control(name_or_path: str):
 
 def _history(records, control) -> dict:
     """This control material's earlier z-scores (same lot), oldest first."""
-    from calibration.qc import QcRun, history_from
-    runs = [QcRun.from_dict(r.payload["run"]) for r in reversed(records.history("qc", control.id))
-            if r.payload["run"]["material_lot"] == control.material_lot]
-    return history_from(runs)
+    from calibration.qc import history_from
+    from device.calibrations import control_runs
+    return history_from(control_runs(records, control.id, control)[1])
 
 
 def qc_run(args) -> int:
@@ -226,9 +216,7 @@ def qc_status_command(args) -> int:
     from device.calibrations import qc_status
     with Records(args.db) as records:
         status = qc_status(records)
-        latest: dict = {}
-        for run in records.history("qc"):
-            latest.setdefault(run.subject, run)
+        latest = records.latest_per_subject("qc")
     for control, run in sorted(latest.items()):
         print(f"{control:20} {run.created_at[:16].replace('T', ' ')}  {'pass' if run.payload['passed'] else 'FAIL'}"
               f"  {run.payload['run']['summary']}")
@@ -249,24 +237,19 @@ def qc_schedule(args) -> int:
 
 def qc_report(args) -> int:
     """A Levey-Jennings chart per control (PNG), from every stored run of its current lot."""
-    from calibration.qc import QcRun, load_control, levey_jennings_png
+    from calibration.qc import levey_jennings_png
     from calibration.records import Records
+    from device.calibrations import control_runs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with Records(args.db) as records:
-        runs = records.history("qc")
-    if not runs:
+        charts = [control_runs(records, control_id) for control_id in sorted(records.latest_per_subject("qc"))]
+    if not charts:
         print("no QC runs stored yet")
         return EXIT_OK
-    by_control: dict = {}
-    for record in reversed(runs):                        # oldest first
-        by_control.setdefault(record.subject, []).append(record)
-    for control_id, stored in by_control.items():
-        control = load_control(stored[-1].payload["control_toml"])
-        series = [QcRun.from_dict(r.payload["run"]) for r in stored
-                  if r.payload["run"]["material_lot"] == control.material_lot]
-        path = levey_jennings_png(control, series, out / f"levey-jennings-{control_id}.png")
-        print(f"{control_id}: {len(series)} runs -> {path}")
+    for control, series in charts:
+        path = levey_jennings_png(control, series, out / f"levey-jennings-{control.id}.png")
+        print(f"{control.id}: {len(series)} runs -> {path}")
     return EXIT_OK
 
 

@@ -209,15 +209,13 @@ def create_app(context: WebContext) -> FastAPI:
     @app.get("/tech/qc/{control_id}.png", include_in_schema=False)
     def levey_jennings(request: Request, control_id: str):
         require_technician(request)
-        from calibration.qc import QcRun, levey_jennings_png, load_control
+        from calibration.qc import levey_jennings_png
         from calibration.records import Records
+        from device.calibrations import control_runs
         with Records(context.db) as records:
-            stored_runs = list(reversed(records.history("qc", control_id)))
-        if not stored_runs:
+            control, series = control_runs(records, control_id)
+        if control is None:
             raise HTTPException(404, "no runs of this control")
-        control = load_control(stored_runs[-1].payload["control_toml"])
-        series = [QcRun.from_dict(r.payload["run"]) for r in stored_runs
-                  if r.payload["run"]["material_lot"] == control.material_lot]
         buffer = io.BytesIO()
         levey_jennings_png(control, series, buffer)
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
@@ -337,10 +335,9 @@ def create_app(context: WebContext) -> FastAPI:
         from device.store import ResultStore
         with Records(context.db) as records:
             qc = qc_status(records)
-            latest_qc: dict = {}
-            for run in records.history("qc"):
-                latest_qc.setdefault(run.subject, {"id": run.id, "at": run.created_at, "passed": run.payload["passed"],
-                                                   "summary": run.payload["run"]["summary"]})
+            latest_qc = {control: {"id": run.id, "at": run.created_at, "passed": run.payload["passed"],
+                                   "summary": run.payload["run"]["summary"]}
+                         for control, run in records.latest_per_subject("qc").items()}
             calibrations = [{"kind": r.kind, "subject": r.subject, "id": r.id, "at": r.created_at, "operator": r.operator}
                             for kind in ("camera", "card", "lot", "qc_schedule") for r in records.history(kind, limit=5)]
         with ResultStore(context.db) as store:
