@@ -33,7 +33,7 @@ from fhir.resources.R4B.reference import Reference
 from pydantic import ValidationError
 
 from device.lab import (LEVEL_SYSTEM, PANEL_LOINC, FhirSettings, LabConfig, LabRefusedReader, LabRejected,
-                        LabUnavailable, PadMessage, pad_messages)
+                        LabUnavailable, PadMessage, pad_messages, patient_of, tls_failure)
 from device.store import StoredResult
 
 LOINC, UCUM, SNOMED_SYSTEM = "http://loinc.org", "http://unitsofmeasure.org", "http://snomed.info/sct"
@@ -50,7 +50,8 @@ _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 def transaction(record: StoredResult, config: LabConfig) -> dict:
     """The transaction Bundle for one stored reading, as JSON ready to post."""
     result, provenance = record.result, record.result["provenance"]
-    patient = Reference(identifier=Identifier(system=config.patient_system, value=_patient(record, config)))
+    patient = Reference(identifier=Identifier(system=config.patient_system,
+                                              value=patient_of(record.patient_id, config)))
     device, device_query = _device(provenance)
     device_ref = _urn("device", record.result_id)
     entries = [_entry(device_ref, device, device_query)]
@@ -100,15 +101,6 @@ def alert_transaction(alert: dict, config: LabConfig) -> dict:
         payload=[CommunicationPayload(contentString=f"{alert['title']}. {alert['message']}")])
     bundle = Bundle(type="transaction", entry=[_entry(identifier, communication, f"identifier={URI}|{identifier}")])
     return json.loads(bundle.model_dump_json(exclude_none=True))
-
-
-def _patient(record: StoredResult, config: LabConfig) -> str:
-    patient = record.patient_id or config.default_patient
-    if not patient:
-        raise LabRejected("the result has no patient identifier",
-                          "no patient identifier: the reading was taken without one and the lab configuration"
-                          " has no [lab] default_patient")
-    return patient
 
 
 def _urn(name: str, result_id: str) -> str:
@@ -230,16 +222,9 @@ class FhirDestination:
                 if response.getheader("Connection", "").lower() == "close":
                     self.close()
                 return response.status, response.reason, response.getheader("Retry-After"), answer
-            except ssl.SSLCertVerificationError as exc:
-                self.close()
-                raise LabRefusedReader("the lab's TLS certificate is not trusted: check [fhir] ca_file",
-                                       str(exc)) from None
             except ssl.SSLError as exc:
                 self.close()
-                if "ALERT" in str(exc).upper():
-                    raise LabRefusedReader("the lab refused the reader's TLS connection (client certificate?)",
-                                           str(exc)) from None
-                raise LabUnavailable("the TLS connection to the lab failed", str(exc)) from None
+                raise tls_failure(exc, "fhir") from None
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
                 if not reused or attempt == 2:

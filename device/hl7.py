@@ -17,8 +17,8 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 from hl7apy.v2_5_1 import ST
 
-from device.lab import (PANEL_LOINC, Hl7Settings, LabConfig, LabRefusedReader, LabRejected,
-                        LabUnavailable, PadMessage, pad_messages)
+from device.lab import (PANEL_LOINC, Hl7Settings, LabConfig, LabRejected, LabUnavailable, PadMessage,
+                        pad_messages, patient_of, tls_failure)
 from device.store import StoredResult
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -33,11 +33,7 @@ def control_id(record: StoredResult) -> str:
 def oru_message(record: StoredResult, settings: Hl7Settings, config: LabConfig) -> str:
     """The ORU^R01 for one stored reading, in ER7 (segments separated by carriage returns)."""
     result, provenance = record.result, record.result["provenance"]
-    patient = record.patient_id or config.default_patient
-    if not patient:
-        raise LabRejected("the result has no patient identifier",
-                          "no patient identifier: the reading was taken without one and the lab configuration"
-                          " has no [lab] default_patient")
+    patient = patient_of(record.patient_id, config)
     message, patient_result = _oru(settings, config, provenance["device_id"], record.stored_at, control_id(record),
                                    patient)
     order = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
@@ -213,13 +209,8 @@ class MllpDestination:
                 with connection:
                     connection.sendall(frame)
                     return _read_frame(connection)
-        except ssl.SSLCertVerificationError as exc:
-            raise LabRefusedReader("the lab's TLS certificate is not trusted: check [hl7] ca_file", str(exc)) from None
         except ssl.SSLError as exc:
-            if "ALERT" in str(exc).upper():
-                raise LabRefusedReader("the lab refused the reader's TLS connection (client certificate?)",
-                                       str(exc)) from None
-            raise LabUnavailable("the TLS connection to the lab failed", str(exc)) from None
+            raise tls_failure(exc, "hl7") from None
         except TimeoutError:
             raise LabUnavailable("no ACK from the lab in time", f"waited {timeout} s") from None
         except OSError as exc:

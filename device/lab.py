@@ -54,6 +54,26 @@ class LabRefusedReader(LabError):
     """The lab refused the reader itself (credentials, certificate): no retry until a person fixes it."""
 
 
+def patient_of(patient_id: str | None, config: LabConfig) -> str:
+    """Whom a result is about, as the lab files it; none at all is a result a person must sort out."""
+    patient = patient_id or config.default_patient
+    if not patient:
+        raise LabRejected("the result has no patient identifier",
+                          "no patient identifier: the reading was taken without one and the lab configuration"
+                          " has no [lab] default_patient")
+    return patient
+
+
+def tls_failure(exc: ssl.SSLError, table: str) -> LabError:
+    """A failed TLS exchange, classified: an untrusted certificate or the lab's alert (refusing the
+    reader's certificate) needs a person; anything else may pass with a retry."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return LabRefusedReader(f"the lab's TLS certificate is not trusted: check [{table}] ca_file", str(exc))
+    if "ALERT" in str(exc).upper():
+        return LabRefusedReader("the lab refused the reader's TLS connection (client certificate?)", str(exc))
+    return LabUnavailable("the TLS connection to the lab failed", str(exc))
+
+
 @dataclass(frozen=True)
 class Tls:
     ca_file: Path | None = None          # the lab's CA bundle; None: the system's
