@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -241,6 +241,13 @@ def load_card(name_or_path: str | Path = DEFAULT_CARD) -> Card:
     """A built-in card by id (e.g. 'card-v1') or a card file by path."""
     path = _builtin("cards", str(name_or_path)) or Path(name_or_path)
     return _parse_card(_load_json(path), str(path))
+
+
+@lru_cache(maxsize=16)
+def product_of_record(name: str) -> Product:
+    """`load_product`, once per id: what trends, alert rules and lab messages use to interpret stored
+    readings, many records of few products."""
+    return load_product(name)
 
 
 def card_from_document(doc: dict, where: str) -> Card:

@@ -28,13 +28,12 @@ import statistics
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
-from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 from calibration.errors import SpecError
-from calibration.specs import Product, builtin_products, load_product
+from calibration.specs import Product, builtin_products, product_of_record
 
 log = logging.getLogger("stripread.alerts")
 
@@ -287,7 +286,7 @@ def _recent_tests(readings: list[Reading], codes: list[str], within_days: float,
 
 def _observe(result: dict, code: str) -> _Observation | None:
     """A pad's level in a result, or a derived ratio's category; None when it was not reported."""
-    product = _product(result["product"])
+    product = product_of_record(result["product"])
     analytes = result.get("analytes", [])
     pad = next((entry for entry in analytes if entry["analyte"] == code), None)
     if pad is not None:
@@ -303,11 +302,6 @@ def _observe(result: dict, code: str) -> _Observation | None:
     if level is None:
         return None
     return _Observation(code, product, level, _position(product, code, level), value, unit, confidence)
-
-
-@cache
-def _product(product_id: str) -> Product:
-    return load_product(product_id)
 
 
 def _position(product: Product, code: str, level: str) -> float:
@@ -430,7 +424,7 @@ def _template(text: object, name: str, placeholders: Sequence[str], where: str) 
 def _charts(code: str) -> list[tuple[str, tuple[str, ...]]]:
     """(product id, levels) of every built-in product that reports `code`; a code none reports is
     a typo (an analyte on no strip would never alert)."""
-    charts = [(pid, chart) for pid in builtin_products() if (chart := _chart(_product(pid), code))]
+    charts = [(pid, chart) for pid in builtin_products() if (chart := _chart(product_of_record(pid), code))]
     if not charts:
         raise ValueError(f"no product reports {code!r} (an analyte code such as PRO, GLU, KET, ALB, or ACR)")
     return charts

@@ -14,7 +14,6 @@ import os
 import ssl
 import tomllib
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -277,13 +276,12 @@ def pad_messages(result: dict) -> list[PadMessage]:
     return [replace(m, name=names.get(m.analyte, m.analyte)) for m in messages]
 
 
-@lru_cache(maxsize=16)
 def _names(product_id: str) -> dict[str, str]:
     """Pad and derived names of a product; its codes stand in when its file is not on this reader."""
     from calibration.errors import SpecError
-    from calibration.specs import load_product
+    from calibration.specs import product_of_record
     try:
-        product = load_product(product_id)
+        product = product_of_record(product_id)
     except SpecError:
         return {}
     return {**{p.analyte: p.name for p in product.pads}, **{d["code"]: d.get("name", d["code"]) for d in product.derived}}

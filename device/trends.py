@@ -9,16 +9,10 @@ boundaries are the steps (30 and 300 mg/g), log-spaced between them, a decade be
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 from calibration.errors import SpecError
-from calibration.specs import load_product
+from calibration.specs import product_of_record
 from models.derived import Ratio, ratios
-
-
-@lru_cache(maxsize=16)
-def _product(product_id: str):
-    return load_product(product_id)
 
 
 def series(records) -> list[dict]:
@@ -30,7 +24,7 @@ def series(records) -> list[dict]:
         if result.get("status") != "ok":
             continue
         try:
-            product = _product(result["product"])
+            product = product_of_record(result["product"])
         except SpecError:
             continue            # a product file no longer on this reader: its readings cannot be placed
         for entry in result["analytes"]:
