@@ -191,10 +191,12 @@ class ResultStore:
         return StoredResult(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6]) if row else None
 
     def alerts(self, patient_id: str | None = None, open_only: bool = False, result_id: str | None = None,
-               limit: int = 200) -> list[dict]:
-        """Alerts, newest first: a patient's, the open ones (not yet acknowledged), or one result's."""
+               delivery: str | None = None, limit: int = 200) -> list[dict]:
+        """Alerts, newest first: a patient's, the open ones (not yet acknowledged), one result's, or
+        those in a delivery state."""
         clauses, args = [], []
-        for clause, value in (("a.patient_id = ?", patient_id), ("a.result_id = ?", result_id)):
+        for clause, value in (("a.patient_id = ?", patient_id), ("a.result_id = ?", result_id),
+                              ("a.delivery = ?", delivery)):
             if value is not None:
                 clauses, args = clauses + [clause], args + [value]
         if open_only:
@@ -215,7 +217,7 @@ class ResultStore:
 
     def pending_alerts(self) -> list[dict]:
         """Alerts the clinic has not yet received, oldest first."""
-        return list(reversed([a for a in self.alerts(limit=10_000) if a["delivery"] == "pending"]))
+        return list(reversed(self.alerts(delivery="pending", limit=10_000)))
 
     def record_alert_delivery(self, alert_row: int, error: str | None = None, permanent: bool = False) -> None:
         state = "sent" if error is None else "failed" if permanent else "pending"
