@@ -3,6 +3,7 @@ a real serial link), the simulated camera, and a patient who dips and inserts st
 `stripread demo`, `stripread run --simulate` and the session benchmark."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from device.camera import SimulatedCamera
@@ -33,6 +34,15 @@ class SimulatedRig:
     def remove_strip(self) -> None:
         self.camera.remove()
         self.board_sim.remove_strip()
+
+    def hand_in_new_strip(self, levels: dict[str, float] | None = None, after_s: float = 2.0) -> None:
+        """Someone started a test at the screen: the last strip out, a fresh one dipped (in a control
+        solution: `levels`, chart positions) and put in the tray `after_s` seconds later (clock time)."""
+        self.remove_strip()                # the board reports only a change: harmless when the tray is empty
+        self.camera.new_strip()
+        if levels:
+            self.camera.spec = dataclasses.replace(self.camera.spec, levels=levels)
+        threading.Timer(after_s / self.clock.speed, self.insert_strip).start()
 
     def patient(self, session, stop: threading.Event, pause_s: float = 5.0, strips: int | None = None) -> threading.Thread:
         """A thread that keeps testing: a new strip whenever the reader is idle, taken out once its

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import threading
 from datetime import date
 from importlib import resources
 from pathlib import Path
@@ -176,7 +175,6 @@ def _read_photos(args) -> list[dict]:
 
 def _read_controls_on_the_reader(args, controls) -> list[dict]:
     """One timed session per control strip, exactly as a patient's strip is read."""
-    import dataclasses
     from device.session import Clock, ReadingSession
     from device.store import ResultStore
     reader = cli._reader(args)
@@ -190,10 +188,7 @@ def _read_controls_on_the_reader(args, controls) -> list[dict]:
         for control in controls:
             print(f"Dip a strip in {control.name} (lot {control.material_lot}) and put it in the tray.")
             if rig is not None:            # the simulated technician dips it
-                rig.camera.new_strip()
-                rig.camera.spec = dataclasses.replace(rig.camera.spec, levels={a.analyte: a.target
-                                                                               for a in control.analytes})
-                threading.Timer(2.0 / args.speed, rig.insert_strip).start()
+                rig.hand_in_new_strip(levels={a.analyte: a.target for a in control.analytes})
             report = session.run(operator_id=args.operator, purpose="qc")
             results.append(report.record.result)
             if rig is not None:

@@ -104,7 +104,7 @@ def create_app(context: WebContext) -> FastAPI:
         patient = patient_id.strip() or None
         context.service.request_test(patient)
         if context.rig is not None:
-            _insert_simulated_strip(context)
+            context.rig.hand_in_new_strip(after_s=INSERT_DELAY_S)
         return RedirectResponse("/test/live", status_code=303)
 
     @app.get("/test/live", response_class=HTMLResponse, include_in_schema=False)
@@ -382,11 +382,3 @@ def _findings(result: dict) -> str:
         return result.get("outcome") or result.get("error", {}).get("code", "no reading")
     abnormal = [a["analyte"] for a in result["analytes"] if "abnormal" in a.get("flags", [])]
     return ", ".join(abnormal) if abnormal else "all within the usual range"
-
-
-def _insert_simulated_strip(context: WebContext) -> None:
-    import threading
-    rig = context.rig
-    rig.remove_strip()               # the last test's strip, if still in the tray
-    rig.camera.new_strip()
-    threading.Timer(INSERT_DELAY_S / rig.clock.speed, rig.insert_strip).start()
