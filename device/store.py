@@ -123,6 +123,8 @@ class ResultStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")       # a committed result survives a power cut
         self._db.execute("PRAGMA foreign_keys=ON")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return           # current: no writer lock taken just to open (every web request opens one)
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             for statement in filter(str.strip, _SCHEMA.split(";")):
