@@ -61,6 +61,9 @@ class QcStatus:
     last_passing_id: str | None    # the newest passing run (provenance: qc_run_id)
 
 
+NOT_LOCKED = QcStatus(False, "", None)      # no QC asked of this session (a control strip, or no gate)
+
+
 def qc_status(records: Records, now: datetime | None = None) -> QcStatus:
     """Locked after a failed run until that control passes again; locked when a scheduled
     control is overdue."""

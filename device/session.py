@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 
-from device.calibrations import QcStatus
+from device.calibrations import NOT_LOCKED
 from device.camera import Camera, CameraLost
 from device.read import SCHEMA, Reader, software_version
 from device.store import ResultStore, StoredResult
@@ -84,7 +84,7 @@ class ReadingSession:
                  on_progress=None, stop: threading.Event | None = None, admit=None, judge=None):
         self.reader, self.board, self.camera, self.store, self.clock = reader, board, camera, store, clock
         # the QC state before each patient test (device.calibrations.QcStatus): locked, why, last passing run
-        self.admit = admit or (lambda: QcStatus(False, "", None))
+        self.admit = admit or (lambda: NOT_LOCKED)
         self.judge = judge                        # the alert rules, run as each patient's reading is stored
         self.on_progress = on_progress or (lambda message: None)   # one line per step, no patient data
         self.stop = stop or threading.Event()                      # set: the reader is shutting down
@@ -113,7 +113,7 @@ class ReadingSession:
         captures: list[dict] = []
         thumbnails: dict[str, bytes] = {}
         dipped_at = None
-        qc = self.admit() if purpose == "patient" else QcStatus(False, "", None)
+        qc = self.admit() if purpose == "patient" else NOT_LOCKED
         try:
             if qc.locked:
                 raise SessionEnded("locked", qc.message)
