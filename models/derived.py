@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from calibration.errors import SpecError
 from calibration.specs import Product
@@ -35,9 +36,10 @@ class Ratio:
         return next(code for code, upper in self.categories if upper is None or value < upper)
 
 
-def ratios(product: Product) -> list[Ratio]:
-    """The product's derived ratios; a formula of another form is refused when the product loads
-    into the reader, not silently skipped."""
+@lru_cache(maxsize=16)
+def ratios(product: Product) -> tuple[Ratio, ...]:
+    """The product's derived ratios (parsed once per product, not per reading); a formula of another
+    form is refused when the product loads into the reader, not silently skipped."""
     found = []
     for entry in product.derived:
         match = _RATIO.match(entry.get("formula", ""))
@@ -48,7 +50,7 @@ def ratios(product: Product) -> list[Ratio]:
                            for c in entry.get("categories", ()))
         found.append(Ratio(entry["code"], entry.get("name", entry["code"]), entry.get("loinc"), entry["unit"],
                            match[1], match[2], float(match[3]), categories))
-    return found
+    return tuple(found)
 
 
 def derive(product: Product, analytes: list[dict]) -> list[dict]:
