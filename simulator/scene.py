@@ -9,6 +9,7 @@ wrong under other lights), tone-map and JPEG-compress. Ground truth comes back a
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -75,8 +76,12 @@ class SceneSpec:
     product: str | Product = DEFAULT_PRODUCT  # the product the reader is told to expect (id, path or itself)
     card: str | Card = DEFAULT_CARD  # id, path or itself
     levels: dict[str, float] = field(default_factory=dict)  # analyte -> level position t (missing: 0)
-    illuminant: str = "D65"
-    camera: str = "imx477"
+    illuminant: str = "D65"  # a spectra.illuminant name
+    camera: str = "imx477"  # a spectra.camera name
+    # a second light (window + lamp): its share of the light at one card edge, at the opposite
+    # edge, and the direction (deg) from the first edge to the second
+    second_illuminant: str | None = None
+    light_mix: tuple[float, float, float] = (0.0, 0.0, 0.0)
     resolution: tuple[int, int] = (2028, 1520)
     # pose of the card in front of a pinhole camera
     card_fill: float = 0.8  # card width / frame width
@@ -100,7 +105,9 @@ class SceneSpec:
     led_hotspots: float = 0.0  # extra light where the reader's LEDs point (fixed in the frame): peak gain - 1
     glare: Glare | None = None
     # camera
-    white_balance: str = "illuminant"  # "illuminant" (light estimate) or "grey_world"
+    # "illuminant" (light estimate), "grey_world", or a fixed preset whatever the light:
+    # "preset:daylight" (D65), "preset:tungsten" (A), "preset:fluorescent" (F2)
+    white_balance: str = "illuminant"
     wb_error: tuple[float, float, float] = (1.0, 1.0, 1.0)  # multiplies the ideal gains
     analog_gain: float = 1.0
     noise: bool = False
@@ -111,6 +118,10 @@ class SceneSpec:
     tray_srgb: str = "505050"
     tray_texture: float = 0.0
     fault: str | None = None
+    # spectra: "smooth" (one smooth reflectance model for all) or "bands" (pads dyed by their
+    # chemistry's absorption bands) and "cmyk" (card patches printed in process inks)
+    dye_model: str = "smooth"
+    ink_model: str = "smooth"
 
 
 @dataclass(frozen=True)
@@ -220,24 +231,41 @@ def _rect(to_card, along: tuple[float, float], across: tuple[float, float]) -> n
 
 
 class _Optics:
-    """Light and camera of one scene: turns reflectances into raw sensor RGB."""
+    """Light and camera of one scene: turns reflectances into raw sensor RGB.
 
-    def __init__(self, spec: SceneSpec):
-        self.spd = spectra.illuminant(spec.illuminant)
+    Each light is scaled so a perfect white's largest raw channel is 1; a mixture with the second
+    light's `share` is the sum of both so scaled, so raw colours of a mixture blend linearly."""
+
+    def __init__(self, spec: SceneSpec, share: float = 0.0):
         self.camera = spectra.camera(spec.camera)
-        self.white = spectra.raw_white(self.spd, self.camera)
+        self.spd = self._scaled(spec.illuminant)
+        if share:
+            self.spd = (1 - share) * self.spd + share * self._scaled(spec.second_illuminant)
+        self.white = self.spd @ self.camera.sensitivities
+
+    def _scaled(self, name: str) -> np.ndarray:
+        spd = spectra.illuminant(name)
+        return spd / (spd @ self.camera.sensitivities).max()
 
     def raw(self, reflectance: np.ndarray) -> np.ndarray:
-        return spectra.raw_rgb(reflectance, self.spd, self.camera).astype(np.float32)
+        return ((reflectance * self.spd) @ self.camera.sensitivities).astype(np.float32)
 
 
-def _card_palette(card: Card, optics: _Optics) -> np.ndarray:
+def patch_reflectances(card: Card, ink_model: str = "smooth") -> np.ndarray:
+    """Reflectance of each card patch: the smooth model, or process inks on paper ("cmyk")."""
+    if ink_model == "smooth":
+        return np.array([spectra.reflectance_from_lab_d50(p.lab_d50) for p in card.patches])
+    if ink_model == "cmyk":
+        return np.array([spectra.card_ink_reflectance(tuple(p.lab_d50)) for p in card.patches])
+    raise ValueError(f"unknown ink model {ink_model!r}; known: smooth, cmyk")
+
+
+def _card_palette(card: Card, optics: _Optics, ink_model: str) -> np.ndarray:
     """Raw RGB per card_art label, as a 256-entry lookup table."""
-    refl = [spectra.reflectance_from_srgb(card.background_srgb),
-            np.full_like(spectra.WAVELENGTHS, INK_REFLECTANCE)]
-    refl += [spectra.reflectance_from_lab_d50(p.lab_d50) for p in card.patches]
+    refl = np.vstack([spectra.reflectance_from_srgb(card.background_srgb),
+                      np.full_like(spectra.WAVELENGTHS, INK_REFLECTANCE), patch_reflectances(card, ink_model)])
     lut = np.zeros((256, 3), np.float32)
-    lut[:len(refl)] = optics.raw(np.array(refl))
+    lut[:len(refl)] = optics.raw(refl)
     return lut
 
 
@@ -245,10 +273,19 @@ def _level_position(spec: SceneSpec, analyte: str) -> float:
     return float(spec.levels.get(analyte, 0.0))
 
 
-def _pad_reflectance(spec: SceneSpec, pad) -> np.ndarray:
+def _chart_reflectance(analyte: str, colour: str, dye_model: str) -> np.ndarray:
+    if dye_model == "smooth":
+        return spectra.reflectance_from_srgb(colour)
+    if dye_model == "bands":
+        return spectra.pad_dye_reflectance(analyte, colour)
+    raise ValueError(f"unknown dye model {dye_model!r}; known: smooth, bands")
+
+
+def pad_reflectance(spec: SceneSpec, pad) -> np.ndarray:
+    """The pad's reflectance at its level position, with the strip lot's dye load."""
     if pad.analyte in spec.off_chart:
         return spectra.reflectance_from_srgb(spec.off_chart[pad.analyte])
-    chart = np.array([spectra.reflectance_from_srgb(level.srgb) for level in pad.levels])
+    chart = np.array([_chart_reflectance(pad.analyte, level.srgb, spec.dye_model) for level in pad.levels])
     return spectra.absorbance_mix(chart, _level_position(spec, pad.analyte),
                                   spec.lot_absorbance.get(pad.analyte, 1.0))
 
@@ -352,7 +389,7 @@ class _Layer:
 def _draw_card(layer: _Layer, spec: SceneSpec, card: Card, optics: _Optics, rng) -> None:
     """The printed card (card_art's drawing, each label its own spectrum) on grainy paper."""
     labels = _label_map(card, layer.ppm)
-    palette = _card_palette(card, optics)
+    palette = _card_palette(card, optics, spec.ink_model)
     for c in range(3):
         cv2.LUT(labels, np.ascontiguousarray(palette[:, c]), dst=layer.rgb[c])
     if spec.paper_texture > 0:
@@ -402,7 +439,7 @@ def _draw_strip(layer: _Layer, spec: SceneSpec, card: Card, optics: _Optics, rng
     centres = {}
     for pad in product.pads:
         along, half = _pad_along(product, pad, spec.fault == "reversed"), pad.size_mm / 2
-        raw = optics.raw(_pad_reflectance(spec, pad))
+        raw = optics.raw(pad_reflectance(spec, pad))
         layer.paint(_rect(to_card, (along - half, along + half), (-half, half)),
                     _mottled(raw, optics.white, spec.mottle, rng, layer.ppm))
         centres[pad.analyte] = tuple(float(v) for v in to_card(along, 0.0))
@@ -503,11 +540,46 @@ def _frame_px_per_mm(spec: SceneSpec, h: np.ndarray) -> float:
     return float((np.linalg.norm(p[1] - p[0]) + np.linalg.norm(p[2] - p[0])) / 2)
 
 
+def light_share(spec: SceneSpec, card: Card, points_mm: np.ndarray) -> np.ndarray:
+    """The second light's share at card points: linear from `light_mix[0]` at the card's edge
+    facing away from the direction to `light_mix[1]` at the edge it points to."""
+    first, last, angle = spec.light_mix
+    if spec.second_illuminant is None:
+        return np.zeros(np.shape(points_mm)[:-1])
+    direction = np.array([math.cos(math.radians(angle)), math.sin(math.radians(angle))])
+    centre = np.asarray(card.size_mm) / 2
+    reach = np.abs((_corners(card) - centre) @ direction).max()
+    u = 0.5 + ((np.asarray(points_mm, float) - centre) @ direction) / (2 * reach)
+    return np.clip(first + (last - first) * u, 0.0, 1.0)
+
+
+def _mean_share(spec: SceneSpec) -> float:
+    """The second light's share at the card's centre: what the camera's white balance sees."""
+    return float(light_share(spec, _card(spec.card), np.asarray(_card(spec.card).size_mm) / 2))
+
+
+def _mixed_card_layer(spec: SceneSpec, card: Card, ppm: float, rng):
+    """The card layer under a mixture of two lights whose proportion changes across the card: drawn
+    under each light with the same textures, then blended pixel by pixel by the local share."""
+    second_rng = copy.deepcopy(rng)  # the second drawing repeats the first's grain and mottle
+    layer, centres = _card_layer(spec, card, _Optics(spec), ppm, rng)
+    other, _ = _card_layer(spec, card, _Optics(spec, share=1.0), ppm, second_rng)
+    rows, cols = np.mgrid[0:layer.shape[0], 0:layer.shape[1]].astype(np.float32)
+    share = light_share(spec, card, (np.stack([cols, rows], axis=-1) + 0.5) / ppm).astype(np.float32)
+    other.rgb -= layer.rgb
+    other.rgb *= share
+    layer.rgb += other.rgb
+    return layer, centres
+
+
 def _scene_radiance(spec: SceneSpec, optics: _Optics, h: np.ndarray, rng):
     """Raw RGB image of the scene through the lens under unit light, and the pad centres on the card."""
     card = _card(spec.card)
     ppm = math.ceil(OVERSAMPLE * _frame_px_per_mm(spec, h))  # integer steps keep the label cache warm
-    layer, centres = _card_layer(spec, card, optics, ppm, rng)
+    if spec.second_illuminant is None:
+        layer, centres = _card_layer(spec, card, optics, ppm, rng)
+    else:
+        layer, centres = _mixed_card_layer(spec, card, ppm, rng)
     frame = _tray(spec, optics, rng)
     _composite(frame, layer, h @ np.linalg.inv(layer.mm_to_layer()))
     if spec.blur_mm > 0:
@@ -561,15 +633,22 @@ def _bayer_means(bayer: np.ndarray) -> np.ndarray:
     return np.array([bayer[0::2, 0::2].mean(), green, bayer[1::2, 1::2].mean()])
 
 
-def _wb_gains(spec: SceneSpec, optics: _Optics, bayer: np.ndarray) -> np.ndarray:
-    """Auto white balance: from an estimate of the light's colour or from the grey-world average,
-    times the spec's error; normalised so a neutral's brightest channel keeps its level."""
+WB_PRESETS = {"preset:daylight": "D65", "preset:tungsten": "A", "preset:fluorescent": "F2"}
+
+
+def wb_gains(spec: SceneSpec, optics: _Optics, grey_world: np.ndarray | None = None) -> np.ndarray:
+    """White-balance gains: from an estimate of the light's colour, from the grey-world average
+    (`grey_world`, raw means), or a fixed preset's light whatever the actual one; times the spec's
+    error; normalised so a neutral's brightest channel keeps its level."""
     if spec.white_balance == "grey_world":
-        estimate = _bayer_means(bayer)
+        estimate = grey_world
     elif spec.white_balance == "illuminant":
         estimate = optics.white
+    elif spec.white_balance in WB_PRESETS:
+        estimate = spectra.raw_white(spectra.illuminant(WB_PRESETS[spec.white_balance]), optics.camera)
     else:
-        raise ValueError(f"unknown white balance {spec.white_balance!r}")
+        raise ValueError(f"unknown white balance {spec.white_balance!r}; known: illuminant, grey_world, "
+                         f"{', '.join(WB_PRESETS)}")
     gains = estimate.max() / np.clip(estimate, 1e-6, None)
     return gains * np.asarray(spec.wb_error)
 
@@ -592,6 +671,16 @@ def _isp(rgb16: np.ndarray, gains: np.ndarray, cam: spectra.CameraModel) -> np.n
     return _tone_lut(cam.tone)[cv2.transform(balanced, (cam.matrix * ceiling)[::-1])]
 
 
+def isp_noiseless(raw: np.ndarray, gains: np.ndarray, cam: spectra.CameraModel) -> np.ndarray:
+    """What `_isp` makes of raw RGB values (..., 3; 1 = full scale) without a sensor: the same
+    saturation of the sensor, of the balanced channels and of the matrix output, the tone curve and
+    8-bit output; camera RGB in 0..1 (RGB order)."""
+    ceiling = gains.min()
+    balanced = np.clip(np.clip(raw, 0, 1) * (gains / ceiling), 0, 1)
+    linear = np.clip(balanced @ (cam.matrix * ceiling).T, 0, 1)
+    return np.round(np.clip(spectra.tone_curve(cam.tone, linear), 0, 1) * 255) / 255
+
+
 def encode(image: np.ndarray, fmt: str = "jpg", quality: int = 90) -> bytes:
     """Image file bytes (fmt "jpg" or "png")."""
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt in ("jpg", "jpeg") else []
@@ -603,12 +692,18 @@ def encode(image: np.ndarray, fmt: str = "jpg", quality: int = 90) -> bytes:
 # --- truth ---------------------------------------------------------------------------------------
 
 
+def truth_level(spec: SceneSpec, pad) -> tuple[float, int]:
+    """The pad's level position (clipped to its chart) and the index of the nearest chart level."""
+    t = float(np.clip(_level_position(spec, pad.analyte), 0, len(pad.levels) - 1))
+    return t, int(math.floor(t + 0.5))
+
+
 def _pad_truth(spec: SceneSpec, pad, centre: tuple[float, float]) -> PadTruth:
     if pad.analyte in spec.off_chart:
         return PadTruth(None, None, None, centre)
     last = len(pad.levels) - 1
-    t = float(np.clip(_level_position(spec, pad.analyte), 0, last))
-    code = pad.levels[int(math.floor(t + 0.5))].code
+    t, index = truth_level(spec, pad)
+    code = pad.levels[index].code
     value = None
     if pad.quantitative:
         value = float(np.interp(t, np.arange(last + 1), [lv.value for lv in pad.levels]))
@@ -637,14 +732,14 @@ def _check(spec: SceneSpec) -> None:
 
 def _render(spec: SceneSpec, rng: np.random.Generator):
     _check(spec)
-    optics = _Optics(spec)
+    optics = _Optics(spec, _mean_share(spec))
     h = card_homography(spec)
     frame, centres = _scene_radiance(spec, optics, h, rng)
     bayer = _mosaic(frame)
     # the light field is smooth, so applying it after the optical blur and on the mosaic is exact
     # enough and three times cheaper than on the RGB frame
     bayer *= _light_field(spec, _card(spec.card), h)
-    gains = _wb_gains(spec, optics, bayer)
+    gains = wb_gains(spec, optics, _bayer_means(bayer) if spec.white_balance == "grey_world" else None)
     image = _isp(_sensor(bayer, spec, optics.camera, rng), gains, optics.camera)
     data = None
     if spec.jpeg_quality is not None:
@@ -755,28 +850,43 @@ def _draw_strip_placement(rng) -> dict:
             "mottle": float(rng.uniform(*MOTTLE_RANGE))}
 
 
-def _draw_light(rng, card: Card) -> dict:
+@dataclass(frozen=True)
+class Ranges:
+    """How wide the light and the camera's ISP are drawn: today's reader conditions by default,
+    the whole world in simulator.world."""
+    exposure: tuple[float, float] = EXPOSURE_RANGE
+    light_gradient_max: float = LIGHT_GRADIENT_MAX
+    vignetting: tuple[float, float] = VIGNETTING_RANGE
+    wb_error_sd: float = WB_ERROR_SD
+    wb_error_max: float = WB_ERROR_MAX
+    jpeg_quality: tuple[int, int] = JPEG_QUALITY_RANGE
+
+
+READER_RANGES = Ranges()
+
+
+def _draw_light(rng, card: Card, ranges: Ranges = READER_RANGES) -> dict:
     w, h = card.size_mm
     mild = rng.random() < MILD_GLARE_PROBABILITY
     glare = Glare(center_mm=(float(rng.uniform(0, w)), float(rng.uniform(0, h))),
                   sigma_mm=tuple(float(v) for v in rng.uniform(*MILD_GLARE_SIGMA_MM, 2)),
                   angle_deg=float(rng.uniform(0, 180)), peak=float(rng.uniform(*MILD_GLARE_PEAK)))
-    return {"exposure": float(rng.uniform(*EXPOSURE_RANGE)),
-            "light_gradient": (float(rng.uniform(0, LIGHT_GRADIENT_MAX)), float(rng.uniform(0, 360))),
+    return {"exposure": float(rng.uniform(*ranges.exposure)),
+            "light_gradient": (float(rng.uniform(0, ranges.light_gradient_max)), float(rng.uniform(0, 360))),
             "light_falloff": (float(rng.uniform(0, LIGHT_FALLOFF_MAX)), float(rng.uniform(0, w)),
                               float(rng.uniform(0, h))),
-            "vignetting": float(rng.uniform(*VIGNETTING_RANGE)),
+            "vignetting": float(rng.uniform(*ranges.vignetting)),
             "glare": glare if mild else None}
 
 
-def _draw_camera_settings(rng) -> dict:
-    error = np.exp(np.clip(WB_ERROR_SD * rng.standard_normal(2), -WB_ERROR_MAX, WB_ERROR_MAX))
+def _draw_camera_settings(rng, ranges: Ranges = READER_RANGES) -> dict:
+    error = np.exp(np.clip(ranges.wb_error_sd * rng.standard_normal(2), -ranges.wb_error_max, ranges.wb_error_max))
     return {"white_balance": "grey_world" if rng.random() < 0.5 else "illuminant",
             "wb_error": (float(error[0]), 1.0, float(error[1])),
             "analog_gain": float(np.exp(rng.uniform(*np.log(ANALOG_GAIN_RANGE)))),
             "noise": True,
             "blur_mm": float(rng.uniform(*BLUR_MM_RANGE)),
-            "jpeg_quality": int(rng.integers(JPEG_QUALITY_RANGE[0], JPEG_QUALITY_RANGE[1] + 1))}
+            "jpeg_quality": int(rng.integers(ranges.jpeg_quality[0], ranges.jpeg_quality[1] + 1))}
 
 
 def _draw_surfaces(rng) -> dict:
@@ -844,21 +954,33 @@ def _shrink_to_fit(spec: SceneSpec) -> SceneSpec:
     return spec
 
 
-def random_scene(rng: np.random.Generator, product: str | Product | None = None, card: str | Card | None = None,
-                 illuminants=None, cameras=None, fault: str | None = None, **overrides) -> SceneSpec:
-    """A realistic random scene. `illuminants`/`cameras` restrict the choice (e.g. to hold some out);
-    `fault` makes one of FAULTS; `overrides` set any SceneSpec field after drawing. The base scene
-    is drawn before the fault, so a seed gives the same scene with and without a fault."""
+def compose_scene(rng: np.random.Generator, product: str | Product | None, card: str | Card | None,
+                  fault: str | None, overrides: dict, draw_optics, ranges: Ranges = READER_RANGES,
+                  adjust=None) -> SceneSpec:
+    """Draw a scene in a fixed order: product, `draw_optics(rng)` (light and camera fields), pads,
+    pose, strip, light field and ISP within `ranges`, surfaces; then `adjust(rng, spec)` (fields that
+    depend on the rest), the fault, the overrides. The base scene is drawn before the fault, so a
+    seed gives the same scene with and without a fault."""
     if fault is not None and fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}; known: {sorted(FAULTS)}")
     product = product if product is not None else str(rng.choice(builtin_products()))
     card = card if card is not None else DEFAULT_CARD
-    spec = SceneSpec(product=product, card=card,
-                     illuminant=str(rng.choice(list(illuminants or spectra.illuminant_names()))),
-                     camera=str(rng.choice(list(cameras or spectra.camera_names()))),
+    spec = SceneSpec(product=product, card=card, **draw_optics(rng),
                      **_draw_pad_states(rng, _product(product)), **_draw_pose(rng),
-                     **_draw_strip_placement(rng), **_draw_light(rng, _card(card)),
-                     **_draw_camera_settings(rng), **_draw_surfaces(rng), fault=fault)
+                     **_draw_strip_placement(rng), **_draw_light(rng, _card(card), ranges),
+                     **_draw_camera_settings(rng, ranges), **_draw_surfaces(rng), fault=fault)
+    if adjust is not None:
+        spec = dataclasses.replace(spec, **adjust(rng, spec))
     spec = dataclasses.replace(spec, **_fault_changes(rng, spec))
     spec = dataclasses.replace(spec, **overrides)
     return spec if "card_fill" in overrides else _shrink_to_fit(spec)
+
+
+def random_scene(rng: np.random.Generator, product: str | Product | None = None, card: str | Card | None = None,
+                 illuminants=None, cameras=None, fault: str | None = None, **overrides) -> SceneSpec:
+    """A realistic random scene. `illuminants`/`cameras` restrict the choice (e.g. to hold some out);
+    `fault` makes one of FAULTS; `overrides` set any SceneSpec field after drawing."""
+    def optics(rng):
+        return {"illuminant": str(rng.choice(list(illuminants or spectra.illuminant_names()))),
+                "camera": str(rng.choice(list(cameras or spectra.camera_names())))}
+    return compose_scene(rng, product, card, fault, overrides, optics)

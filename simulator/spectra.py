@@ -166,12 +166,53 @@ def register_illuminant(name: str, spd) -> None:
     illuminant.cache_clear()
 
 
+# Measured CIE illuminants that are real lamps (colour-science's SDS_ILLUMINANTS), addressed "cie:<key>".
+CIE_LIGHTS = (("A",) + tuple(f"FL{i}" for i in range(1, 13)) + tuple(f"FL3.{i}" for i in range(1, 16))
+              + tuple(f"HP{i}" for i in range(1, 6)) + tuple(f"LED-B{i}" for i in range(1, 6))
+              + ("LED-BH1", "LED-RGB1", "LED-V1", "LED-V2"))
+# low-pressure sodium: the 589.0/589.6 nm doublet and a faint continuum
+_SODIUM = lines((589.0, 1.0, 1.0), (589.6, 1.0, 0.5), (568.8, 2.0, 0.01), (498.3, 2.0, 0.004))
+
+
+def _resampled(wavelengths, values) -> np.ndarray:
+    """Measured data (any sampling) on WAVELENGTHS, by linear interpolation, zero outside its range."""
+    return np.interp(WAVELENGTHS, np.asarray(wavelengths, float), np.asarray(values, float), left=0.0, right=0.0)
+
+
+def _cie_light(key: str) -> np.ndarray:
+    if key not in CIE_LIGHTS:
+        raise KeyError(f"unknown CIE light {key!r}; known: {CIE_LIGHTS}")
+    import colour  # measured data: only the wide (training) simulator needs colour-science
+    sd = colour.SDS_ILLUMINANTS[key]
+    return _resampled(sd.wavelengths, sd.values)
+
+
+def _parametric_light(name: str) -> np.ndarray:
+    """Lights named by their parameters, so scenes stay small, picklable and reproducible:
+    "cie:FL2", "D:<cct>", "planck:<cct>", "LED:<cct>:<pump nm>:<phosphor nm>:<red nm>", "sodium"."""
+    kind, _, rest = name.partition(":")
+    try:
+        if kind == "cie" and rest:
+            return _cie_light(rest)
+        if kind == "D" and rest:
+            return daylight(float(rest))
+        if kind == "planck" and rest:
+            return planck(float(rest))
+        if kind == "LED" and rest:
+            cct, pump, phosphor, red = (float(v) for v in rest.split(":"))
+            return phosphor_led(cct, pump, phosphor, red)
+        if name == "sodium":
+            return _SODIUM
+    except ValueError as exc:
+        raise KeyError(f"illuminant {name!r}: {exc}") from exc
+    raise KeyError(f"unknown illuminant {name!r}; known: {illuminant_names()} or cie:<CIE light>, D:<cct>, "
+                   f"planck:<cct>, LED:<cct>:<pump>:<phosphor>:<red>, sodium")
+
+
 @lru_cache(maxsize=None)
 def illuminant(name: str) -> np.ndarray:
     """Relative spectral power of a named light (luminance 1: only its spectral shape matters)."""
-    if name not in _ILLUMINANTS:
-        raise KeyError(f"unknown illuminant {name!r}; known: {illuminant_names()}")
-    spd = _ILLUMINANTS[name]()
+    spd = _ILLUMINANTS[name]() if name in _ILLUMINANTS else _parametric_light(name)
     spd = spd / spectrum_xyz(spd)[1]
     spd.setflags(write=False)
     return spd
@@ -261,6 +302,120 @@ def reflectance_from_lab_d50(lab_d50) -> np.ndarray:
     """Reflectance for a CIELAB (D50) reference, as a card measured by a technician is given."""
     xyz_d65 = lab_to_xyz(np.asarray(lab_d50, float), WHITE_D50) @ D50_TO_D65.T
     return reflectance_from_lab_d65(xyz_to_lab(xyz_d65, WHITE_D65))
+
+
+# --- dyes and inks unlike each other ---------------------------------------------------------
+# The smooth reflectances above give a card patch and a reagent pad of the same colour the same
+# spectrum, which hides metamerism. These give each its own physics: a reagent pad is paper dyed by
+# the absorption bands of its chemistry; a card patch is printed process inks on paper.
+
+# (centre nm, sigma nm) absorption bands of each pad's reagent chemistry
+DYE_BANDS = {
+    "PRO": ((600.0, 35.0), (430.0, 30.0)),                 # tetrabromophenol blue, base and acid forms
+    "ALB": ((600.0, 35.0), (430.0, 30.0)),                 # sulfonephthalein protein-error dye
+    "BLD": ((652.0, 35.0), (450.0, 30.0)),                 # oxidised TMB (blue), yellow indicator base
+    "CRE": ((652.0, 35.0), (450.0, 30.0)),                 # peroxidase-like TMB oxidation
+    "KET": ((550.0, 30.0), (455.0, 30.0)),                 # nitroprusside purple on a buff pad
+    "NIT": ((540.0, 25.0), (455.0, 30.0)),                 # azo dye (Griess), pink
+    "LEU": ((570.0, 32.0), (455.0, 30.0)),                 # diazonium coupling, purple
+    "BIL": ((530.0, 30.0), (500.0, 25.0), (450.0, 30.0)),  # diazotised dichloroaniline azo, tan to pink
+    "URO": ((520.0, 28.0), (495.0, 25.0), (450.0, 30.0)),  # Ehrlich-type azo, peach to red
+    "GLU": ((470.0, 30.0), (505.0, 30.0), (635.0, 40.0)),  # GOx/peroxidase chromogen: teal to brown
+    "PH": ((430.0, 30.0), (520.0, 30.0), (617.0, 35.0)),   # methyl red + bromothymol blue
+    "SG": ((430.0, 30.0), (617.0, 35.0)),                  # bromothymol blue, acid and base forms
+}
+_GENERIC_DYE_BANDS = ((430.0, 30.0), (500.0, 30.0), (560.0, 30.0), (620.0, 35.0))
+_PAD_PAPER = 0.92 * (1 - 0.06 / (1 + np.exp((WAVELENGTHS - 445.0) / 14.0)))  # slightly yellowish
+_CARD_PAPER_SRGB = "FFFFFF"  # optical-brightener-free paper; its shape from the smooth model
+# process ink absorbances (relative), shaped after offset CMYK: cyan absorbs red with a little blue,
+# magenta green with a blue shoulder, yellow blue with a steep edge; black flat
+_INK_ABSORBANCE = np.stack([
+    np.exp(-0.5 * ((WAVELENGTHS - 625.0) / 55.0) ** 2) + 0.12 * np.exp(-0.5 * ((WAVELENGTHS - 420.0) / 40.0) ** 2),
+    np.exp(-0.5 * ((WAVELENGTHS - 540.0) / 38.0) ** 2) + 0.18 * np.exp(-0.5 * ((WAVELENGTHS - 420.0) / 30.0) ** 2),
+    1 / (1 + np.exp((WAVELENGTHS - 495.0) / 12.0)) * (0.9 + 0.1 * (WAVELENGTHS < 420)),
+    np.full_like(WAVELENGTHS, 0.9),
+])
+# weak broad absorbers every pad may use a little of (the pad's own tint; the last is neutral)
+_DYE_SUPPORTS = np.stack([1 / (1 + np.exp((WAVELENGTHS - 485.0) / 12.0)),
+                          1 / (1 + np.exp(-(WAVELENGTHS - 610.0) / 15.0)), np.ones_like(WAVELENGTHS)])
+_BAND_SHIFT_NM = 15.0
+_BAND_WIDEN = (0.7, 1.6)
+_DYE_FIT_LAB = 0.3
+_SUPPORT_PENALTY = 0.3   # keeps a dye's colour in its chemistry's bands, not the neutral term
+_INK_PENALTY = 0.05
+_MAX_BRIGHTEN = 0.08     # the dye fit's neutral term may lighten the paper by this much absorbance
+
+
+def _gaussians(bands) -> np.ndarray:
+    """Unit-peak absorption bands, one row per (centre nm, sigma nm)."""
+    return np.stack([np.exp(-0.5 * ((WAVELENGTHS - c) / s) ** 2) for c, s in bands])
+
+
+def _lab_under(reflectance: np.ndarray, spd: np.ndarray) -> np.ndarray:
+    """CIELAB of a reflectance under `spd` relative to that light's own white (the CIE observer)."""
+    xyz = (reflectance * spd) @ CMF
+    white = spd @ CMF
+    return xyz_to_lab(xyz / white[1], white / white[1])
+
+
+def _fit_absorbers(base: np.ndarray, absorbers: np.ndarray, target_lab: np.ndarray, spd: np.ndarray,
+                   lower: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """Reflectance base x exp(-c @ absorbers) matching `target_lab` under `spd`: bounded least squares
+    in CIELAB, with a small penalty on the amounts so redundant absorbers stay unused."""
+    from scipy.optimize import least_squares  # fitting only: the wide simulator's dependency
+
+    def residual(c):
+        return np.concatenate([_lab_under(base * np.exp(-c @ absorbers), spd) - target_lab, penalty * c])
+    x0 = np.clip(np.full(len(absorbers), 0.1), lower, None)
+    fit = least_squares(residual, x0, bounds=(lower, np.inf), x_scale=0.3)
+    reflectance = base * np.exp(-fit.x @ absorbers)
+    reflectance.setflags(write=False)
+    return reflectance
+
+
+def _dye_reflectance(x: np.ndarray, bands, supports: np.ndarray) -> np.ndarray:
+    """x = amounts of the n bands, amounts of the supports, n band shifts (nm), n width factors."""
+    n = len(bands)
+    shaped = _gaussians([(c + shift, s * scale) for (c, s), shift, scale in zip(bands, x[-2 * n:-n], x[-n:])])
+    return _PAD_PAPER * np.exp(-x[:n] @ shaped - x[n:-2 * n] @ supports)
+
+
+@lru_cache(maxsize=4096)
+def pad_dye_reflectance(analyte: str, colour: str) -> np.ndarray:
+    """A reagent pad at a chart colour (sRGB hex) as the dyes of its chemistry make it: yellowish
+    pad paper x exp(-sum c_k A_k) over the analyte's absorption bands (each free to shift +-15 nm and
+    widen, as a dye's band does in the pad's matrix) plus weak, penalised support absorbers, fitted so
+    the colour under D65 matches (cached per colour)."""
+    from scipy.optimize import least_squares  # fitting only: the wide simulator's dependency
+    bands = DYE_BANDS.get(analyte.upper(), _GENERIC_DYE_BANDS)
+    n, k = len(bands), len(_DYE_SUPPORTS)
+    target, spd = srgb_lab_d65(colour), illuminant("D65")
+
+    def residual(x):
+        lab = _lab_under(_dye_reflectance(x, bands, _DYE_SUPPORTS), spd)
+        return np.concatenate([lab - target, _SUPPORT_PENALTY * x[n:n + k]])
+    lower = np.r_[np.zeros(n + k - 1), -_MAX_BRIGHTEN, np.full(n, -_BAND_SHIFT_NM), np.full(n, _BAND_WIDEN[0])]
+    upper = np.r_[np.full(n + k, np.inf), np.full(n, _BAND_SHIFT_NM), np.full(n, _BAND_WIDEN[1])]
+    scale = np.r_[np.full(n + k, 0.3), np.full(n, 5.0), np.full(n, 0.2)]
+    best = None
+    for amount in (0.3, 1.0, 0.1):  # a few starts: the band shapes make the fit non-convex
+        x0 = np.r_[np.full(n, amount), np.full(k - 1, 0.1), 0.0, np.zeros(n), np.ones(n)]
+        fit = least_squares(residual, x0, bounds=(lower, upper), x_scale=scale)
+        best = fit if best is None or fit.cost < best.cost else best
+        if np.abs(best.fun[:3]).max() < _DYE_FIT_LAB:
+            break
+    reflectance = _dye_reflectance(best.x, bands, _DYE_SUPPORTS)
+    reflectance.setflags(write=False)
+    return reflectance
+
+
+@lru_cache(maxsize=4096)
+def card_ink_reflectance(lab_d50: tuple[float, float, float]) -> np.ndarray:
+    """A printed card patch: C, M, Y, K process inks on paper (absorbances add, Beer-Lambert, as in a
+    fine halftone's Yule-Nielsen limit), amounts fitted to the patch's CIELAB under D50."""
+    paper = reflectance_from_srgb(_CARD_PAPER_SRGB)
+    lower, penalty = np.zeros(4), np.full(4, _INK_PENALTY)
+    return _fit_absorbers(paper, _INK_ABSORBANCE, np.asarray(lab_d50, float), illuminant("D50"), lower, penalty)
 
 
 def absorbance_mix(reflectances: np.ndarray, t: float, absorbance_scale: float = 1.0) -> np.ndarray:
@@ -358,9 +513,65 @@ def register_camera(model: CameraModel) -> None:
 
 
 def camera(name: str) -> CameraModel:
-    if name not in _CAMERA_BY_NAME:
-        raise KeyError(f"unknown camera {name!r}; known: {camera_names()}")
-    return _CAMERA_BY_NAME[name]
+    """A built-in or registered camera, a measured one ("cs:nikon_d5100", "cs:sigma_sdmerrill") or
+    one drawn from a seed ("rand:<seed>")."""
+    if name in _CAMERA_BY_NAME:
+        return _CAMERA_BY_NAME[name]
+    return _named_camera(name)
+
+
+@dataclass(frozen=True)
+class MeasuredCamera(CameraModel):
+    """A camera whose spectral sensitivities were measured (colour-science's MSDS_CAMERA_SENSITIVITIES)."""
+    dataset: str = ""
+
+    @cached_property
+    def sensitivities(self) -> np.ndarray:
+        import colour  # measured data: only the wide (training) simulator needs colour-science
+        msds = colour.MSDS_CAMERA_SENSITIVITIES[self.dataset]
+        sens = np.stack([_resampled(msds.wavelengths, msds.values[:, c]) for c in range(3)], axis=1)
+        return np.clip(sens, 0, None) / sens.max()
+
+
+# name -> (colour-science dataset, tone curve, full well e-, read noise e-, ADC bits)
+MEASURED_CAMERAS = {
+    "cs:nikon_d5100": ("Nikon 5100 (NPL)", "srgb", 30000.0, 3.0, 12),
+    "cs:sigma_sdmerrill": ("Sigma SDMerill (NPL)", "gamma2.2", 20000.0, 4.0, 12),
+}
+# a drawn camera: per channel the main peak's range (nm) and its sigma range (nm)
+_RAND_PEAKS = ((585.0, 620.0), (515.0, 555.0), (440.0, 475.0))
+_RAND_SIGMA = (16.0, 40.0)
+_RAND_IR_CUT = (640.0, 700.0)
+
+
+def random_camera(seed: int) -> CameraModel:
+    """A plausible colour sensor drawn from `seed`: per channel a main lobe (peak, width) and a
+    cross-talk shoulder, the red channel's secondary lobe in the blue (0-0.15), an IR cut filter
+    at 640-700 nm, one of the tone curves and noise figures of small to large sensors."""
+    rng = np.random.default_rng([seed, 0x5E75])
+    lobes = []
+    for c, (lo, hi) in enumerate(_RAND_PEAKS):
+        peak = rng.uniform(lo, hi)
+        channel = [(1.0, peak, rng.uniform(*_RAND_SIGMA))]
+        side = 1 if c == 0 else (-1 if c == 2 else rng.choice([-1, 1]))  # shoulders towards the neighbour
+        channel.append((rng.uniform(0.0, 0.5), peak + side * rng.uniform(20, 45), rng.uniform(12, 30)))
+        if c == 0:
+            channel.append((rng.uniform(0.0, 0.15), rng.uniform(420, 470), rng.uniform(12, 30)))
+        lobes.append(tuple(tuple(float(v) for v in lobe) for lobe in channel))
+    return CameraModel(f"rand:{seed}", tuple(lobes), float(rng.uniform(*_RAND_IR_CUT)),
+                       str(rng.choice(list(_TONE_CURVES))), float(rng.uniform(3000, 12000)),
+                       float(rng.uniform(1.5, 6.0)), int(rng.choice([10, 12])))
+
+
+@lru_cache(maxsize=4096)
+def _named_camera(name: str) -> CameraModel:
+    if name in MEASURED_CAMERAS:
+        dataset, tone, full_well, read_noise, bits = MEASURED_CAMERAS[name]
+        return MeasuredCamera(name, (), 0.0, tone, full_well, read_noise, bits, dataset=dataset)
+    kind, _, seed = name.partition(":")
+    if kind == "rand" and seed.isdigit():
+        return random_camera(int(seed))
+    raise KeyError(f"unknown camera {name!r}; known: {camera_names()}, {sorted(MEASURED_CAMERAS)} or rand:<seed>")
 
 
 def raw_white(spd: np.ndarray, cam: CameraModel) -> np.ndarray:
