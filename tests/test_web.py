@@ -42,7 +42,7 @@ def test_a_result_page_shows_each_pad_beside_its_chart_colour_with_next_steps(we
     page = client.get("/results/4")
     assert page.status_code == 200
     assert page.text.count('class="crop"') == 7 and 'src="/thumbnails/4/GLU.png"' in page.text
-    assert "background:#" in page.text                          # the chart swatch of the read level
+    assert '<rect width="1" height="1" fill="#' in page.text       # the chart swatch of the read level
     assert "Sugar in the urine" in page.text and "Possible urinary infection" in page.text
     assert client.get("/thumbnails/4/GLU.png").content.startswith(b"\x89PNG")
     assert client.get("/results/99").status_code == 404

@@ -5,27 +5,59 @@ technicians (logged in) see calibration records, QC with Levey-Jennings charts, 
 retry, and the device's health. Every page's data is also JSON under /api (its OpenAPI schema at /openapi.json).
 
 Request paths carry patient ids, so the server keeps no access log; what it logs names no patient.
+Its defences against hostile clients (login throttle, id formats, security headers, the last-resort
+error handler) are in device/web/security.py.
 """
 from __future__ import annotations
 
 import io
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi import FastAPI, Form, HTTPException, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
 
-from device.web.auth import Accounts, csrf_ok
+from device.web.auth import Accounts, csrf_ok, same_secret
 from device.web.plain import next_steps, trend_svg
+from device.web.security import (LIMIT_MAX, NAME, PASSWORD_MAX, PATIENT_ID, PATIENT_ID_RULE, SEQ_MAX, USERNAME_MAX,
+                                 Hardening, LoginBusy, LoginGuard)
 
 HERE = Path(__file__).parent
 SESSION_COOKIE, FORM_COOKIE = "sr_session", "sr_form"
 SEVERITY_ORDER = ("info", "warning", "urgent")
 INSERT_DELAY_S = 2.0       # simulated reader: the patient puts the strip in two seconds after "start"
+FORM_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")   # secrets.token_urlsafe(24): anything else is not ours
+
+# Every id and number that reaches the app, bounded where it enters (FastAPI answers a mismatch 422
+# on the API; the pages show the rule in words, see `bad_request`).
+Seq = Annotated[int, PathParam(ge=1, le=SEQ_MAX, description="a record's number")]
+PatientId = Annotated[str, PathParam(pattern=PATIENT_ID, description=PATIENT_ID_RULE)]
+Name = Annotated[str, PathParam(pattern=NAME)]
+RULES = {"seq": f"a record number is a whole number from 1 to {SEQ_MAX}",
+         "alert_row": f"an alert number is a whole number from 1 to {SEQ_MAX}",
+         "patient_id": PATIENT_ID_RULE, "patient": PATIENT_ID_RULE, "p": PATIENT_ID_RULE,
+         "limit": f"limit is a whole number from 1 to {LIMIT_MAX}",
+         "analyte": "an analyte is a short code such as GLU", "control_id": "a control id is 1 to 64 letters, "
+         "digits, '.', '_' or '-'", "username": f"a name has at most {USERNAME_MAX} characters",
+         "password": f"a password has at most {PASSWORD_MAX} characters"}
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+# what the API answers besides 200 and 422 (401 on every route under --web-login), for its schema
+NOT_LOGGED_IN = {401: {"model": Problem, "description": "not logged in (staff data, or anything under --web-login)"}}
+NOT_FOUND = {404: {"model": Problem, "description": "no such record or patient"}}
 
 
 @dataclass
@@ -37,6 +69,7 @@ class WebContext:
     rig: object | None = None       # device.rig.SimulatedRig: "start" also puts a simulated strip in
     https: bool = False
     login_everywhere: bool = False  # a clinic's network: every page needs a logged-in staff member
+    login_guard: LoginGuard | None = None   # the login throttle (one is made when not given)
 
 
 def create_app(context: WebContext) -> FastAPI:
@@ -46,6 +79,7 @@ def create_app(context: WebContext) -> FastAPI:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     product = context.product
+    guard = context.login_guard or LoginGuard()
 
     @app.middleware("http")
     async def staff_only(request: Request, call_next):
@@ -58,7 +92,9 @@ def create_app(context: WebContext) -> FastAPI:
         return await call_next(request)
 
     def page(request: Request, name: str, **values) -> HTMLResponse:
-        form_token = request.cookies.get(FORM_COOKIE) or secrets.token_urlsafe(24)
+        form_token = request.cookies.get(FORM_COOKIE, "")
+        if not FORM_TOKEN.fullmatch(form_token):
+            form_token = secrets.token_urlsafe(24)
         response = templates.TemplateResponse(request, name, {"form_token": form_token, **values})
         response.set_cookie(FORM_COOKIE, form_token, httponly=True, samesite="strict", secure=context.https)
         return response
@@ -82,8 +118,7 @@ def create_app(context: WebContext) -> FastAPI:
 
     def form_ok(request: Request, token: str) -> None:
         """Anonymous forms: the hidden token must match the page's cookie (double submit)."""
-        cookie = request.cookies.get(FORM_COOKIE)
-        if not cookie or not secrets.compare_digest(cookie, token or ""):
+        if not same_secret(request.cookies.get(FORM_COOKIE), token):
             raise HTTPException(403, "This form has expired: go back, reload the page and try again.")
 
     # -- patient and nurse -------------------------------------------------------------------------
@@ -99,9 +134,14 @@ def create_app(context: WebContext) -> FastAPI:
     @app.post("/test", include_in_schema=False)
     def start_test(request: Request, patient_id: str = Form(""), form_token: str = Form("")):
         form_ok(request, form_token)
+        patient = patient_id.strip() or None
+        if patient is not None and not re.fullmatch(PATIENT_ID, patient):
+            response = page(request, "start.html", lock=qc_lock(), live=context.service is not None,
+                            error=f"Not started: {PATIENT_ID_RULE}.")
+            response.status_code = 400
+            return response
         if context.service is None:
             raise HTTPException(409, "No reader is running here: start `stripread run` or `stripread serve`.")
-        patient = patient_id.strip() or None
         context.service.request_test(patient)
         if context.rig is not None:
             context.rig.hand_in_new_strip(after_s=INSERT_DELAY_S)
@@ -111,7 +151,7 @@ def create_app(context: WebContext) -> FastAPI:
     def live(request: Request):
         return page(request, "live.html")
 
-    @app.get("/api/session")
+    @app.get("/api/session", responses=NOT_LOGGED_IN)
     def session_state() -> dict:
         """The reader's state: what it is doing, the read windows left, the last stored record."""
         return reader_state()
@@ -124,7 +164,7 @@ def create_app(context: WebContext) -> FastAPI:
         return Response(photo, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @app.get("/results/{seq}", response_class=HTMLResponse, include_in_schema=False)
-    def result_page(request: Request, seq: int):
+    def result_page(request: Request, seq: Seq):
         record = stored(seq)
         from device.store import ResultStore
         with ResultStore(context.db) as store:
@@ -132,12 +172,12 @@ def create_app(context: WebContext) -> FastAPI:
         return page(request, "result.html", record=record, pads=pad_rows(record), steps=next_steps(record["result"]),
                     alerts=alerts)
 
-    @app.get("/api/results/{seq}")
-    def result_json(seq: int) -> dict:
+    @app.get("/api/results/{seq}", responses={**NOT_LOGGED_IN, **NOT_FOUND})
+    def result_json(seq: Seq) -> dict:
         return stored(seq)
 
     @app.get("/thumbnails/{seq}/{analyte}.png", include_in_schema=False)
-    def thumbnail(seq: int, analyte: str):
+    def thumbnail(seq: Seq, analyte: Name):
         from device.store import ResultStore
         with ResultStore(context.db) as store:
             png = store.thumbnails(stored(seq)["result_id"]).get(analyte)
@@ -149,19 +189,25 @@ def create_app(context: WebContext) -> FastAPI:
     def history(request: Request):
         return page(request, "history.html", records=results(None, 50))
 
-    @app.get("/api/results")
-    def results_json(patient: str | None = None, limit: int = 50) -> list[dict]:
+    @app.get("/api/results", responses=NOT_LOGGED_IN)
+    def results_json(patient: Annotated[str | None, Query(pattern=PATIENT_ID, description=PATIENT_ID_RULE)] = None,
+                     limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 50) -> list[dict]:
         return results(patient, limit)
 
+    @app.get("/patients", include_in_schema=False)
+    def find_patient(p: Annotated[str, Query(pattern=PATIENT_ID)]):
+        """The history page's search form: no script needed to turn its field into the patient's page."""
+        return RedirectResponse(f"/patients/{quote(p)}", status_code=303)
+
     @app.get("/patients/{patient_id}", response_class=HTMLResponse, include_in_schema=False)
-    def patient_page(request: Request, patient_id: str):
+    def patient_page(request: Request, patient_id: PatientId):
         trends = patient_trends(patient_id)
         plots = [(t["analyte"], t["name"], trend_svg(t["analyte"], t["levels"], [
             (p["date"], p["position"], p["confidence"], p["abnormal"]) for p in t["points"]])) for t in trends]
         return page(request, "patient.html", patient_id=patient_id, plots=plots, records=results(patient_id, 50))
 
-    @app.get("/api/patients/{patient_id}/trends")
-    def trends_json(patient_id: str) -> list[dict]:
+    @app.get("/api/patients/{patient_id}/trends", responses={**NOT_LOGGED_IN, **NOT_FOUND})
+    def trends_json(patient_id: PatientId) -> list[dict]:
         """Each analyte's readings over time: chart position, confidence, abnormal flag."""
         return patient_trends(patient_id)
 
@@ -172,17 +218,36 @@ def create_app(context: WebContext) -> FastAPI:
         return page(request, "login.html", error=None)
 
     @app.post("/tech/login", include_in_schema=False)
-    def login(request: Request, username: str = Form(...), password: str = Form(...), form_token: str = Form("")):
+    def login(request: Request, username: Annotated[str, Form(max_length=USERNAME_MAX)],
+              password: Annotated[str, Form(max_length=PASSWORD_MAX)], form_token: str = Form("")):
+        """Throttled per account and per address (locked out past the allowance, the right password
+        included), and at most a couple of password hashes at once."""
         form_ok(request, form_token)
-        with Accounts(context.db) as accounts:
-            signed_in = accounts.login(username, password)
+        address = request.client.host if request.client else "unknown"
+        refused = guard.refusal(username, address)
+        if refused is not None:
+            return login_refused(request, refused[0], 429, refused[1])
+        try:
+            signed_in = guard.check(check_password, username, password)
+        except LoginBusy:
+            return login_refused(request, "The reader is busy checking other logins: try again in a moment.", 503, 1)
+        guard.record(username, address, succeeded=signed_in is not None)
         if signed_in is None:
-            response = page(request, "login.html", error="Wrong name or password.")
-            response.status_code = 401
-            return response
+            return login_refused(request, "Wrong name or password.", 401)
         response = RedirectResponse("/tech", status_code=303)
         response.set_cookie(SESSION_COOKIE, signed_in[0], httponly=True, samesite="strict", secure=context.https,
                             max_age=8 * 3600)
+        return response
+
+    def check_password(username: str, password: str):
+        with Accounts(context.db) as accounts:
+            return accounts.login(username, password)
+
+    def login_refused(request: Request, message: str, status: int, retry_after_s: int | None = None) -> HTMLResponse:
+        response = page(request, "login.html", error=message)
+        response.status_code = status
+        if retry_after_s is not None:
+            response.headers["Retry-After"] = str(retry_after_s)
         return response
 
     @app.post("/tech/logout", include_in_schema=False)
@@ -199,7 +264,7 @@ def create_app(context: WebContext) -> FastAPI:
         session = require_technician(request)
         return page(request, "tech.html", user=session.username, csrf=session.csrf, status=technician_status())
 
-    @app.get("/api/tech/status")
+    @app.get("/api/tech/status", responses=NOT_LOGGED_IN)
     def technician_json(request: Request) -> dict:
         """Calibration records, QC, lab sync and device health (technicians only)."""
         if technician(request) is None:
@@ -207,7 +272,7 @@ def create_app(context: WebContext) -> FastAPI:
         return technician_status()
 
     @app.get("/tech/qc/{control_id}.png", include_in_schema=False)
-    def levey_jennings(request: Request, control_id: str):
+    def levey_jennings(request: Request, control_id: Name):
         require_technician(request)
         from calibration.qc import levey_jennings_png
         from calibration.records import Records
@@ -226,7 +291,7 @@ def create_app(context: WebContext) -> FastAPI:
         session = require_technician(request)
         return page(request, "clinic.html", user=session.username, csrf=session.csrf, **clinic_view())
 
-    @app.get("/api/clinic/alerts")
+    @app.get("/api/clinic/alerts", responses=NOT_LOGGED_IN)
     def clinic_json(request: Request) -> dict:
         """Open and recent alerts (clinic staff only)."""
         if technician(request) is None:
@@ -234,7 +299,7 @@ def create_app(context: WebContext) -> FastAPI:
         return clinic_view()
 
     @app.post("/clinic/alerts/{alert_row}/acknowledge", include_in_schema=False)
-    def acknowledge(request: Request, alert_row: int, csrf: str = Form("")):
+    def acknowledge(request: Request, alert_row: Annotated[int, PathParam(ge=1, le=SEQ_MAX)], csrf: str = Form("")):
         session = technician_form(request, csrf)
         from device.store import ResultStore
         with ResultStore(context.db) as store:
@@ -256,6 +321,22 @@ def create_app(context: WebContext) -> FastAPI:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
         return templates.TemplateResponse(request, "error.html", {"message": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    def bad_request(request: Request, exc: RequestValidationError):
+        """A malformed id, number or form field: each named with its rule, never echoing the input
+        (it may be a megabyte). The API answers 422 as its schema says; a page answers 404 for a bad
+        path (no such page) and 400 for a bad query or form."""
+        def rule(error: dict) -> str:
+            field = str(error["loc"][-1])
+            return f"{field} is missing" if error["type"] == "missing" else RULES.get(field, error["msg"])
+        errors = [{"loc": list(e["loc"]), "type": e["type"], "msg": rule(e)} for e in exc.errors()]
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": errors}, status_code=422)
+        status = 404 if any(e["loc"][:1] == ["path"] for e in errors) else 400
+        message = "; ".join(dict.fromkeys(e["msg"] for e in errors))
+        return templates.TemplateResponse(request, "error.html", {"message": message[:1].upper() + message[1:] + "."},
+                                          status_code=status)
 
     # -- the data behind the pages ----------------------------------------------------------------
 
@@ -363,6 +444,7 @@ def create_app(context: WebContext) -> FastAPI:
             health["board"] = f"not answering ({type(exc).__name__})"
         return health
 
+    app.add_middleware(Hardening, https=context.https)     # added last: outermost, so on every response
     return app
 
 

@@ -46,7 +46,7 @@ def _kdf(password: str, salt: bytes) -> bytes:
 
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Accounts:
@@ -91,7 +91,7 @@ class Accounts:
 
     def session(self, token: str | None) -> WebSession | None:
         """The live session for a cookie token (its idle timer restarted), or None."""
-        if not token:
+        if not token or len(token) > 256:         # ours are 43 characters; a cookie can hold anything
             return None
         row = self._db.execute("SELECT username, csrf, expires FROM web_sessions WHERE token_sha256 = ?",
                                (_digest(token),)).fetchone()
@@ -109,5 +109,13 @@ def _expiry() -> str:
     return (datetime.now(timezone.utc) + SESSION_IDLE).isoformat(timespec="seconds")
 
 
+def same_secret(expected: str | None, submitted: str | None) -> bool:
+    """Constant-time comparison of a token with what a client sent, which may be any text (compared
+    as bytes: `compare_digest` refuses non-ASCII strings)."""
+    if not expected or submitted is None:
+        return False
+    return hmac.compare_digest(expected.encode("utf-8", "surrogatepass"), submitted.encode("utf-8", "surrogatepass"))
+
+
 def csrf_ok(session: WebSession | None, submitted: str | None) -> bool:
-    return session is not None and submitted is not None and hmac.compare_digest(session.csrf, submitted)
+    return session is not None and same_secret(session.csrf, submitted)
