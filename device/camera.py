@@ -20,6 +20,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from calibration.decode import read_photo
+from calibration.errors import ReadError
+
 JPEG_QUALITY = 95
 STILL_SIZE = (2028, 1520)          # the Pi HQ camera's 2x2-binned full-field mode: fast, low noise
 SETTLE_S = 1.0                     # auto exposure / white balance converge within this under the LEDs
@@ -137,7 +140,10 @@ class ReplayCamera:
         if self._next >= len(self._photos):
             raise CameraLost("no more photos to replay")
         self._next += 1
-        return self._photos[self._next - 1].read_bytes()
+        try:
+            return read_photo(self._photos[self._next - 1])[0]
+        except ReadError as err:     # a FIFO or a huge file named like a photo: never waited on or read
+            raise CameraLost(f"cannot replay {self._photos[self._next - 1].name}: {err.message}") from None
 
     def stop(self) -> None:
         pass

@@ -132,7 +132,7 @@ def _config(tmp_path, text: str):
     return load_config(path)
 
 
-def test_plain_connections_are_refused_except_to_this_machine_when_allowed(tmp_path):
+def test_plain_connections_are_refused_except_to_this_machine_when_allowed(tmp_path, lab_ca):
     with pytest.raises(LabConfigError, match="only over TLS"):
         _config(tmp_path, '[fhir]\nurl = "http://lab.example.org/fhir"\n')
     with pytest.raises(LabConfigError, match="only over TLS"):
@@ -142,6 +142,7 @@ def test_plain_connections_are_refused_except_to_this_machine_when_allowed(tmp_p
     loopback = _config(tmp_path, '[lab]\nallow_insecure_loopback = true\n[fhir]\nurl = "http://127.0.0.1:8080/fhir/"\n'
                                  '[hl7]\nhost = "localhost"\nport = 2575\ntls = false\n')
     assert loopback.fhir.tls is None and loopback.fhir.url == "http://127.0.0.1:8080/fhir" and loopback.hl7.tls is None
+    lab_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     secure = _config(tmp_path, '[fhir]\nurl = "https://lab.example.org/fhir"\nca_file = "ca.pem"\n')
     assert secure.fhir.tls.ca_file == tmp_path / "ca.pem"            # relative to the configuration's folder
 
@@ -166,13 +167,17 @@ def test_credentials_are_read_from_their_files(tmp_path):
     assert bearer.fhir.authorization() == "Bearer s3cret"
     basic = _config(tmp_path, '[fhir]\nurl = "https://x/fhir"\nusername = "reader"\npassword_file = "password"\n')
     assert basic.fhir.authorization() == "Basic cmVhZGVyOnB3"        # base64 of reader:pw
-    missing = _config(tmp_path, '[fhir]\nurl = "https://x/fhir"\ntoken_file = "nowhere"\n')
+    (tmp_path / "gone").write_text("t")
+    missing = _config(tmp_path, '[fhir]\nurl = "https://x/fhir"\ntoken_file = "gone"\n')
+    (tmp_path / "gone").unlink()                                    # removed after the reader started
     with pytest.raises(LabRefusedReader, match="cannot read the lab credential file"):
         missing.fhir.authorization()
 
 
-def test_the_shipped_example_configuration_loads(tmp_path):
+def test_the_shipped_example_configuration_loads(tmp_path, lab_ca):
     from importlib import resources
+    lab_ca.cert_pem.write_to_path(str(tmp_path / "lab-ca.pem"))     # the files it names, as installed
+    (tmp_path / "fhir-token").write_text("t")
     example = resources.files("device") / "data" / "lab.example.toml"
     config = _config(tmp_path, example.read_text())
     assert config.fhir.url == "https://lab.example.org/fhir" and config.hl7.port == 2575
