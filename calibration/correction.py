@@ -16,7 +16,8 @@ import numpy as np
 from calibration.colour import delta_e_2000, lab_to_xyz, xyz_to_lab
 from calibration.errors import ReadError
 
-MAX_RESIDUAL_DE00 = 4.0    # held-out mean CIEDE2000 above which no pad reading is trusted
+MAX_RESIDUAL_DE00 = 5.0    # held-out mean CIEDE2000 above which no pad reading is trusted (a card misprinted
+                           # by 3-6 dE00 gives 5.5; the 99th percentile of `bench/generalization.py` photos is 4.6)
 FOLDS = 6
 _RIDGE = 1e-3
 _FLOOR = 1e-3

@@ -5,6 +5,12 @@ product file that cannot be used."""
 from __future__ import annotations
 
 
+OVEREXPOSED_MESSAGE = ("The photo is too bright: close the lid and keep direct light off the reader, "
+                       "then read again.")
+
+CARD_GLARE_MESSAGE = "Light is reflecting off the card: close the lid and read again."
+
+
 class SpecError(ValueError):
     """A card or product file that cannot be used."""
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from calibration import card_art
 from calibration.colour import srgb_to_linear
-from calibration.errors import ReadError
+from calibration.errors import CARD_GLARE_MESSAGE, OVEREXPOSED_MESSAGE, ReadError
+from calibration.sampling import CLIPPED
 from calibration.specs import Card
 
 if TYPE_CHECKING:
@@ -23,10 +24,11 @@ CLEARANCE_MM = 1.2
 SAMPLE_HALF_MM = 0.8
 MIN_UNCLIPPED = 0.3        # fraction of white samples below saturation needed to map the light
 GLARE_LOG = 0.07           # white brighter than the fitted light by more than ~7 %: part of a highlight
-HIGHLIGHT_LOG = 0.69       # twice the fitted light: only a specular reflection does that
+HIGHLIGHT_LOG = 0.25       # 30 % above the fitted light in every channel: a shadow bending the fit never lifts it so far
 SHADOW_LOG = 0.10          # white darker than the fitted light by more than ~10 %: a shadow or mark
 GLARE_RADIUS_MM = 6.0      # a highlight seen on the white this close to a pad is on the pad too
 MAX_SHADOW_FRACTION = 0.08
+MAX_GLARE_FRACTION = 0.15  # a highlight is a spot: "glare" over more of the white is the fit taking a shadow for the light
 MAX_RMS = 0.05             # rms log-residual of the kept white: the light is not smooth
 MIN_KEPT = 0.5
 MIN_SCALE, MAX_SCALE = 0.01, 0.025   # robust spread of the white around the surface (log units)
@@ -60,7 +62,7 @@ class IlluminationField:
     coefficients: np.ndarray   # (terms, 3) of log linear white
     card: Card
     rms_residual: float
-    white_clipped: bool        # the white saturated: the field is flat and its level unknown
+    white_clipped: bool        # a channel saturated on the white: its level is only a lower bound
     glare_points: np.ndarray   # (G, 2) mm: white samples brighter than paper can be, i.e. highlights
     flat_field: FlatField | None = None   # the reader's measured light and lens (camera calibration)
 
@@ -85,41 +87,83 @@ class IlluminationField:
         return len(self.glare_points) / len(white_points(self.card))
 
 
-def fit_illumination(card: Card, white_rgb: np.ndarray, white_clipped: np.ndarray,
+def fit_illumination(card: Card, white_rgb: np.ndarray, channel_clipped: np.ndarray,
                      flat_field: FlatField | None = None) -> IlluminationField:
     """Fit log(white) as a cubic-in-x, quadratic-in-y surface per channel, robustly: a plane first,
-    then the full surface, each time dropping samples far off it. Paper cannot be brighter than the
-    light falling on it, so samples well above the surface are highlights (glare), kept as a map;
-    samples well below it are shadows or marks, and too many of them raise `calibration_failed`.
-    Where most of the white is clipped (a camera exposing for the patches) the field is taken as
-    flat: the colour correction then finds the white level from the patches alone. A camera
-    calibration's `flat_field` divides the white first: the surface then fits only what remains."""
+    then the full surface, each time dropping samples far off it. Each channel is fitted on the
+    samples where it is not saturated: a camera whose white balance lifts one channel clips that
+    channel on the white while the others still map the light. A channel clipped over most of the
+    white borrows the shape of the others (light falls off alike in every channel); its level is
+    then only a lower bound, which the colour correction absorbs (a per-channel scale). Paper cannot
+    be brighter than the light falling on it, so samples well above the surface in every channel
+    (the light's own colour) are highlights, kept as a map; samples well below it are shadows or
+    marks, and too many of them raise `calibration_failed`. Where the white is clipped in every
+    channel the field is taken as flat. A camera calibration's `flat_field` divides the white first:
+    the surface then fits only what remains."""
     points = white_points(card)
     design = surface_design(points, card)
-    unclipped = white_clipped < 0.5
-    if unclipped.mean() < MIN_UNCLIPPED:
-        return IlluminationField(np.zeros((design.shape[1], 3)), card, 0.0, True, np.empty((0, 2)), flat_field)
+    unclipped = np.asarray(channel_clipped).reshape(len(points), 3) < 0.5
+    mapped = unclipped.mean(axis=0) >= MIN_UNCLIPPED
+    if not mapped.any():   # the paper saturated in every channel: the pads as bright as it are lost too
+        raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
     logs = np.log(np.clip(srgb_to_linear(white_rgb), 1e-4, None))
     if flat_field is not None:
         logs -= np.log(flat_field.at(points))
-    keep = unclipped.copy()
+    keep = unclipped & mapped
     for terms in (3, design.shape[1], design.shape[1]):
-        coef, *_ = np.linalg.lstsq(design[keep, :terms], logs[keep], rcond=None)
-        resid = (logs - design[:, :terms] @ coef).mean(axis=1)
+        coef = _channel_surfaces(design[:, :terms], logs, keep, unclipped, mapped)
+        resid_c = logs - design[:, :terms] @ coef          # a lower bound in a clipped channel
+        resid = _mean_where(resid_c, unclipped & mapped)   # NaN where no mapped channel is unclipped
+        measured = ~np.isnan(resid)
         # noise-scaled bounds, but capped: a shadow must not widen the band until it fits inside
-        scale = float(np.clip(1.4826 * np.median(np.abs(resid[keep])), MIN_SCALE, MAX_SCALE))
-        keep = unclipped & (resid < min(3 * scale, GLARE_LOG)) & (resid > -max(4 * scale, SHADOW_LOG))
+        scale = float(np.clip(1.4826 * np.median(np.abs(resid[measured & keep.any(axis=1)])), MIN_SCALE, MAX_SCALE))
+        with np.errstate(invalid="ignore"):
+            near = (resid < min(3 * scale, GLARE_LOG)) & (resid > -max(4 * scale, SHADOW_LOG))
+        keep = unclipped & mapped & near[:, None]
     coefficients = np.zeros((design.shape[1], 3))
     coefficients[:terms] = coef
-    upward = resid > GLARE_LOG
-    # a specular highlight blows out or at least doubles the light somewhere; brighter-than-fitted
-    # white without one is the fit bending round a shadow, not glare
-    is_glare = bool(np.any(upward & (~unclipped | (resid > HIGHLIGHT_LOG))))
+    # a highlight lifts every channel (it is the light's own colour; a saturated channel is
+    # consistent with that), blows out or at least doubles the light somewhere, and has shoulders:
+    # white measured above the light in every channel around it. Paper saturated at the bright end
+    # of a smooth light has no shoulders: it is exposure, not glare.
+    lifted = (resid_c > GLARE_LOG) | ~unclipped
+    upward = lifted.all(axis=1) & (resid_c > GLARE_LOG).any(axis=1)
+    shoulder = unclipped.all(axis=1) & (resid_c > GLARE_LOG).all(axis=1)
+    blown = ~unclipped.all(axis=1) | (resid_c.min(axis=1) > HIGHLIGHT_LOG)
+    is_glare = bool(np.any(shoulder) and np.any(upward & blown))
     glare = upward if is_glare else np.zeros_like(upward)
-    misfit = (resid < -max(4 * scale, SHADOW_LOG)) | (upward & ~glare)
-    rms = float(np.sqrt(np.mean(resid[keep] ** 2)))
-    if misfit.mean() > MAX_SHADOW_FRACTION or rms > MAX_RMS or keep.sum() < MIN_KEPT * len(points):
+    with np.errstate(invalid="ignore"):
+        misfit = (resid < -max(4 * scale, SHADOW_LOG)) | (shoulder & ~glare)
+    kept = keep.any(axis=1)
+    rms = float(np.sqrt(np.mean(resid[kept] ** 2))) if kept.any() else float("inf")
+    if glare.mean() > MAX_GLARE_FRACTION and np.any(glare & ~unclipped.all(axis=1)):
+        raise ReadError("glare", CARD_GLARE_MESSAGE)     # a highlight too large to read around
+    if misfit.mean() > MAX_SHADOW_FRACTION or rms > MAX_RMS or kept.sum() < MIN_KEPT * measured.sum() or \
+            glare.mean() > MAX_GLARE_FRACTION:
         raise ReadError("calibration_failed", "The light across the card is uneven (a shadow or a mark on "
                                               "the card): close the lid, clean the card and read again.")
-    saturated_paper = bool(np.any(~unclipped & ~glare))   # clipped where no highlight explains it
+    saturated_paper = bool(np.any(~unclipped.all(axis=1) & ~glare))   # clipped where no highlight explains it
     return IlluminationField(coefficients, card, rms, saturated_paper, points[glare], flat_field)
+
+
+def _channel_surfaces(design: np.ndarray, logs: np.ndarray, keep: np.ndarray, unclipped: np.ndarray,
+                      mapped: np.ndarray) -> np.ndarray:
+    """Least-squares surface per mapped channel on its kept samples; an unmapped channel takes the
+    mean shape of the mapped ones, levelled on its few unclipped samples (or at the clip level)."""
+    coef = np.zeros((design.shape[1], 3))
+    for c in np.flatnonzero(mapped):
+        coef[:, c] = np.linalg.lstsq(design[keep[:, c]], logs[keep[:, c], c], rcond=None)[0]
+    shape = coef[:, mapped].mean(axis=1)
+    for c in np.flatnonzero(~mapped):
+        own = unclipped[:, c]
+        level = np.median(logs[own, c] - design[own] @ shape) if own.any() else \
+            np.log(srgb_to_linear(CLIPPED)) - np.max(design @ shape)
+        coef[:, c] = shape + level * (np.arange(len(shape)) == 0)
+    return coef
+
+
+def _mean_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Row means of `values` over the entries `mask` keeps; NaN for a row with none."""
+    count = mask.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(mask, values, 0).sum(axis=1) / count, np.nan)

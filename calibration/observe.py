@@ -14,18 +14,18 @@ import numpy as np
 
 from calibration import detect, illumination, sampling
 from calibration.correction import DEFAULT_TERMS, fit_correction
-from calibration.errors import ReadError
+from calibration.decode import decode
+from calibration.errors import CARD_GLARE_MESSAGE, OVEREXPOSED_MESSAGE, ReadError
 from calibration.specs import Card, Product
 from calibration.strip import match_strip, profile_points
 
 if TYPE_CHECKING:
     from calibration.camera_calibration import FlatField
 
-WORK_LONG_SIDE = 2100        # decode larger JPEGs at 1/2 or 1/4 scale: pads stay >= 14 px wide
 PATCH_INNER = 0.6            # fraction of a patch or pad side that is sampled (edges bleed)
 TOO_DARK = 80 / 255          # card white darker than this: too few grey levels left to tell pads apart
 DARK_FRAME = 45 / 255        # a whole frame this dark hides the card too: said before looking for it
-OVEREXPOSED_PATCHES = 0.15   # fraction of chromatic patches clipped; or two neutrals
+MIN_PATCHES, MIN_NEUTRALS = 16, 3   # unclipped, glare-free card patches the colour correction needs
 PAD_GLARE_REFUSE = 0.4       # a pad with more highlight than this cannot be read
 PATCH_GLARE_DROP = 0.3
 CROP_PX, CROP_MARGIN_MM = 40, 1.0   # pad thumbnails stored with each result
@@ -33,8 +33,6 @@ PATCH_GLARE_RADIUS_MM = 9.0  # a highlight on the white this close to a patch's 
 PAD_GLARE_MESSAGE = ("Light is reflecting off the strip's pads: close the lid and keep the strip flat, "
                      "then read again within its read time.")
 TOO_DARK_MESSAGE = "The photo is too dark: close the lid so the reader's light is on the strip, then read again."
-OVEREXPOSED_MESSAGE = ("The photo is too bright: close the lid and keep direct light off the reader, "
-                       "then read again.")
 
 
 
@@ -45,44 +43,13 @@ class StripObservation:
     base_lab: np.ndarray         # (3,) the strip's bare base as seen in this photo
     residual_de00: float         # held-out residual of the card's colour correction
     pad_glare: np.ndarray = field(default_factory=lambda: np.zeros(0))   # (pads,) highlight fraction
+    pad_saturated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))   # (pads,) a channel clipped
     qc: dict = field(default_factory=dict)                               # image and calibration figures
     crops: dict = field(default_factory=dict)     # analyte -> PNG of the pad and its surroundings
 
 
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG SOF or PNG IHDR header, without decoding."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    i = 2
-    while data[:2] == b"\xff\xd8" and i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
-
-
-def decode(data: bytes) -> tuple[np.ndarray, float]:
-    """BGR image and the decode scale (1, 1/2, 1/4). Refuses truncated files, which OpenCV would
-    otherwise decode with a grey bottom."""
-    size = _image_size(data)
-    complete = (data[:2] == b"\xff\xd8" and data.rstrip(b"\x00").endswith(b"\xff\xd9")) or \
-               (data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" in data[-16:])
-    if size is None or not complete:
-        raise ReadError("image_unreadable", "The photo could not be read (not a complete JPEG or PNG): "
-                                            "take the photo again.")
-    long_side = max(size)
-    scale, flag = 1.0, cv2.IMREAD_COLOR
-    if data[:2] == b"\xff\xd8" and long_side >= 2 * WORK_LONG_SIDE:
-        scale, flag = 0.25, cv2.IMREAD_REDUCED_COLOR_4
-    elif data[:2] == b"\xff\xd8" and long_side >= WORK_LONG_SIDE - 100:
-        scale, flag = 0.5, cv2.IMREAD_REDUCED_COLOR_2
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if image is None or image.ndim != 3:
-        raise ReadError("image_unreadable", "The photo could not be read: take the photo again.")
-    return image, scale
+def _enough_patches(usable: np.ndarray, neutral: np.ndarray) -> bool:
+    return usable.sum() >= MIN_PATCHES and (usable & neutral).sum() >= MIN_NEUTRALS
 
 
 def _check_exposure(gray: np.ndarray) -> None:
@@ -126,7 +93,7 @@ class StripObserver:
         light, correction = self.calibrate(image, pose)
         match = self._locate_strip(image, pose, light, correction)
         pad_xy = self.card.slot_to_card(self._pad_offsets + match.shift_mm)
-        pad_lab, pad_glare = self._pad_colours(image, pose, light, correction, pad_xy)
+        pad_lab, pad_glare, pad_saturated = self._pad_colours(image, pose, light, correction, pad_xy)
         qc = {"card_id": self.card.id,
               "color_residual_de00": round(correction.residual_de00, 3),
               "color_residual_max_de00": round(correction.worst_de00, 3),
@@ -141,8 +108,8 @@ class StripObserver:
               "strip_match_de00": round(match.cost, 2),
               "strip_reversed_margin": round(match.reversed_margin, 1)}
         pictures = self._pad_crops(image, pose, pad_xy) if crops else {}
-        return StripObservation(self.product, pad_lab, match.base_lab, correction.residual_de00, pad_glare, qc,
-                                pictures)
+        return StripObservation(self.product, pad_lab, match.base_lab, correction.residual_de00, pad_glare,
+                                pad_saturated, qc, pictures)
 
     def _pad_crops(self, image, pose, pad_xy: np.ndarray) -> dict[str, bytes]:
         """Each pad with a millimetre of strip around it, resampled to a small square PNG."""
@@ -165,35 +132,46 @@ class StripObserver:
             image, pose, sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)))
         if np.median(white.rgb.mean(axis=1)) < TOO_DARK:
             raise ReadError("too_dark", TOO_DARK_MESSAGE)
-        light = illumination.fit_illumination(self.card, white.rgb, white.clipped, self.flat_field)
+        light = illumination.fit_illumination(self.card, white.rgb, white.channel_clipped, self.flat_field)
         if np.any(light.glare_near(self._nominal_pad_xy)):
             raise ReadError("glare", PAD_GLARE_MESSAGE)
         patches = sampling.robust_colours(sampling.sample(
             image, pose, sampling.square_grid(self._patch_centers, self._patch_half, ppm)))
-        if np.mean(patches.clipped[~self._neutral] > 0.5) > OVEREXPOSED_PATCHES or \
-                np.sum(patches.clipped[self._neutral] > 0.5) > 1:
+        # a patch saturated in a channel says nothing of its colour there: the correction is fitted
+        # on the others, as long as enough of the card's gamut and grey scale remains
+        unclipped = patches.clipped <= 0.5
+        if not _enough_patches(unclipped, self._neutral):
             raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
-        usable = (patches.specular <= PATCH_GLARE_DROP) & ~light.glare_near(self._patch_centers, PATCH_GLARE_RADIUS_MM)
-        if usable.sum() < 16 or (usable & self._neutral).sum() < 3:
-            raise ReadError("glare", "Light is reflecting off the card: close the lid and read again.")
+        usable = unclipped & (patches.specular <= PATCH_GLARE_DROP) & \
+            ~light.glare_near(self._patch_centers, PATCH_GLARE_RADIUS_MM)
+        if not _enough_patches(usable, self._neutral):
+            raise ReadError("glare", CARD_GLARE_MESSAGE)
         patch_rel = light.relative(patches.rgb, self._patch_centers)
-        correction = fit_correction(patch_rel[usable], self.card.patch_lab[usable], self._neutral[usable],
-                                    terms=self.correction_terms)
+        try:
+            correction = fit_correction(patch_rel[usable], self.card.patch_lab[usable], self._neutral[usable],
+                                        terms=self.correction_terms)
+        except ReadError:
+            # the card's colours do not fit while most of its white is saturated: that is the cause
+            if (white.channel_clipped > 0.5).mean(axis=0).max() > 0.5:
+                raise ReadError("overexposed", OVEREXPOSED_MESSAGE) from None
+            raise
         return light, correction
 
     def _locate_strip(self, image, pose, light, correction):
         """The strip's profile along the slot, matched against the product and every alternative."""
         profile = sampling.robust_colours(sampling.sample(image, pose, self._profile_points))
         profile_lab = correction.to_lab(light.relative(profile.rgb, self._profile_xy))
-        seen = ~light.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE)
+        # a bin saturated in a channel shows no colour there: left out like one under a highlight
+        seen = ~light.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE) & (profile.clipped <= 0.5)
         white_lab = correction.to_lab(np.ones((1, 3)))[0]   # the card's paper, as this photo shows it
         return match_strip(self.card, self.product, profile_lab, seen, white_lab)
 
-    def _pad_colours(self, image, pose, light, correction, pad_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each pad's corrected colour (CIELAB D50) at `pad_xy` (card mm) and the fraction of it
-        under a highlight."""
+    def _pad_colours(self, image, pose, light, correction, pad_xy: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Each pad's corrected colour (CIELAB D50) at `pad_xy` (card mm), the fraction of it under a
+        highlight, and whether the camera saturated on it (its colour is then a bound, flagged on
+        that pad alone)."""
         pads = sampling.robust_colours(sampling.sample(
             image, pose, sampling.square_grid(pad_xy, self._pad_half, pose.px_per_mm)))
         if np.any(pads.specular > PAD_GLARE_REFUSE) or np.any(light.glare_near(pad_xy)):
             raise ReadError("glare", PAD_GLARE_MESSAGE)
-        return correction.to_lab(light.relative(pads.rgb, pad_xy)), pads.specular
+        return correction.to_lab(light.relative(pads.rgb, pad_xy)), pads.specular, pads.clipped > 0.5

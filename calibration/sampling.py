@@ -21,9 +21,10 @@ REMAP_WIDTH = 1024
 @dataclass(frozen=True)
 class RegionColours:
     rgb: np.ndarray          # (R, 3) robust colour, non-linear camera RGB in 0..1
-    specular: np.ndarray     # (R,) fraction of the region's samples rejected as highlights
+    specular: np.ndarray     # (R,) fraction of the region's samples that are highlights
     clipped: np.ndarray      # (R,) fraction with a saturated channel
     spread: np.ndarray       # (R,) median absolute deviation of the kept samples' luminance
+    channel_clipped: np.ndarray   # (R, 3) fraction of samples saturated, per channel
 
 
 def square_grid(centers_mm: np.ndarray, half_mm: float, px_per_mm: float, k: int | None = None) -> np.ndarray:
@@ -47,19 +48,26 @@ def sample(image_bgr: np.ndarray, pose: CardPose, points_mm: np.ndarray) -> np.n
 
 
 def robust_colours(values: np.ndarray) -> RegionColours:
-    """Median colour per region (R, M, 3) of the samples that are neither highlights nor clipped."""
+    """Median colour per region (R, M, 3) of the samples that are neither highlights nor clipped.
+
+    A highlight is a sample much brighter than the region's darker quartile; a clipped sample is
+    not a highlight by itself: a camera whose white balance lifts one channel saturates that channel
+    evenly over a bright region. Where every sample is clipped the median is taken over all of them
+    (a lower bound in the clipped channel), and `channel_clipped` says which channel it was."""
     r, g, b = values[..., 0], values[..., 1], values[..., 2]   # slices: numpy reduces a length-3 axis slowly
     lum = (r + g + b) / 3
-    clipped = np.maximum(np.maximum(r, g), b) >= CLIPPED
+    saturated = values >= CLIPPED
+    clipped = saturated.any(axis=-1)
     floor = np.partition(lum, lum.shape[1] // 4, axis=1)[:, lum.shape[1] // 4, None]  # darker quartile
-    specular = clipped | (lum > floor * SPECULAR_RATIO + SPECULAR_MARGIN)
-    all_gone = specular.all(axis=1)
-    specular_kept = specular & ~all_gone[:, None]  # nothing usable: keep all, the caller refuses on `specular`
-    rgb = _masked_median(values, specular_kept)
+    specular = lum > floor * SPECULAR_RATIO + SPECULAR_MARGIN
+    drop = specular | clipped
+    drop = np.where(drop.all(axis=1)[:, None], specular, drop)   # all clipped: keep the clipped samples
+    drop &= ~drop.all(axis=1)[:, None]     # nothing usable: keep all, the caller refuses on `specular`
+    rgb = _masked_median(values, drop)
     kept_lum = lum[..., None]
-    centre = _masked_median(kept_lum, specular_kept)
-    spread = _masked_median(np.abs(kept_lum - centre[:, None, :]), specular_kept)[:, 0]
-    return RegionColours(rgb, specular.mean(axis=1), clipped.mean(axis=1), spread)
+    centre = _masked_median(kept_lum, drop)
+    spread = _masked_median(np.abs(kept_lum - centre[:, None, :]), drop)[:, 0]
+    return RegionColours(rgb, specular.mean(axis=1), clipped.mean(axis=1), spread, saturated.mean(axis=1))
 
 
 def _masked_median(values: np.ndarray, drop: np.ndarray) -> np.ndarray:

@@ -165,5 +165,6 @@ def match_strip(card: Card, product: Product, profile_lab: np.ndarray, seen: np.
         raise ReadError("wrong_strip", f"The strip does not match the {product.name}: use the right strip "
                                        "or choose its product.")
     bare = (h.labels[0, best_shift[0]] == BASE) & seen
-    return StripMatch(float(SHIFTS[best_shift[0]]) * STEP_MM, cost, margins[REVERSED - 1],
-                      np.median(profile_lab[bare], axis=0))
+    # no bare strip in view (all of it under a highlight): the product's printed base stands in
+    base_lab = np.median(profile_lab[bare], axis=0) if bare.any() else h.references[BASE]
+    return StripMatch(float(SHIFTS[best_shift[0]]) * STEP_MM, cost, margins[REVERSED - 1], base_lab)

@@ -7,6 +7,7 @@ nothing else is expected to escape (the CLI reports it as `internal`).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from calibration.observe import StripObserver
 from calibration.specs import Card, Product
 from device.calibrations import ReaderCalibration
 from models.derived import derive, ratios
-from models.pads import PadModel
+from models.pads import PadModel, PadReading
 
 SCHEMA = "stripread.read/1"
 PAD_GLARE_FLAG = 0.05        # pads with more highlight than this (but readable) are flagged `glare`
@@ -45,6 +46,21 @@ def device_id() -> str:
     except OSError:
         seed = platform.node()
     return "sr-" + hashlib.sha256(seed.encode()).hexdigest()[:12]
+
+
+def _finite_or_none(v):
+    """Strict JSON (RFC 8259) has no NaN or Infinity: a figure that could not be computed is null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _keep_finite(reading: PadReading) -> None:
+    """A pad whose model output is not a number is not read (never printed as NaN): it is flagged
+    and its level withheld, like any pad the reader cannot vouch for."""
+    numbers = [reading.confidence, reading.value, *(reading.interval or ())]
+    if all(v is None or math.isfinite(v) for v in numbers):
+        return
+    reading.level, reading.value, reading.interval, reading.confidence = None, None, None, 0.0
+    reading.flags = [f for f in reading.flags if f not in ("abnormal", "low_confidence")] + ["unreadable"]
 
 
 @dataclass
@@ -83,9 +99,13 @@ class Reader:
             return {"schema": SCHEMA, "status": "error", "error": error,
                     "product": self.product.id, "provenance": provenance}, {}
         analytes = []
-        for pad, reading, glare in zip(self.product.pads, readings, observation.pad_glare):
+        for pad, reading, glare, saturated in zip(self.product.pads, readings, observation.pad_glare,
+                                                  observation.pad_saturated):
             if glare > PAD_GLARE_FLAG:
                 reading.flags.append("glare")
+            if saturated:
+                reading.flags.append("saturated")
+            _keep_finite(reading)
             entry = {"analyte": pad.analyte, "loinc": pad.loinc, "level": reading.level, "value": reading.value,
                      "unit": pad.unit, "confidence": reading.confidence, "flags": reading.flags,
                      "chart_distance_de00": reading.chart_distance_de00}
@@ -93,7 +113,7 @@ class Reader:
                 entry["value_interval"] = list(reading.interval)
             analytes.append(entry)
         result = {"schema": SCHEMA, "status": "ok", "product": self.product.id, "analytes": analytes,
-                  "qc": observation.qc, "provenance": provenance}
+                  "qc": {k: _finite_or_none(v) for k, v in observation.qc.items()}, "provenance": provenance}
         if self.product.derived:
             result["derived"] = derive(self.product, analytes)
         return result, observation.crops

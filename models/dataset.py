@@ -1,6 +1,9 @@
 """Labelled pad observations to train on: rendered synthetic scenes and a technician's real captures.
 
-Both go through the same observation path as a reading (`calibration.observe`), so a model learns
+Synthetic scenes come from the whole simulated world (`simulator.world`: measured and synthesised
+lights, mixtures of two, random and measured cameras, white balance far off or fixed, dyes unlike
+the card's inks), so a model learns no one light or camera. Both go through the same observation
+path as a reading (`calibration.observe`), so a model learns
 from exactly the features it will see. A photo the reader refuses (no card, glare, ...) teaches
 nothing and is skipped and counted.
 
@@ -16,12 +19,13 @@ import hashlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from calibration.errors import ReadError
-from calibration.observe import StripObserver
+from calibration.observe import StripObservation, StripObserver
 from calibration.specs import Card, Product, load_card, load_product
 from models.features import strip_features
 
@@ -59,34 +63,88 @@ class TrainingSet:
         return h.hexdigest()
 
 
-def _observe_synthetic(job: tuple[str, str, int]) -> tuple[list, dict] | None:
-    """Render one seeded scene and observe it; None when the reader refuses the photo."""
-    from simulator.scene import photograph, random_scene
-    product_ref, card_ref, seed = job
+@dataclass
+class SceneRow:
+    """One rendered scene as the reader observed it: the observation (None when refused, with the
+    refusal's code), its domain (light family, camera label) for leave-one-domain-out validation,
+    the pads' true level positions and what ideal physics allows (`simulator.ceiling`)."""
+    seed: int
+    product: str
+    light_family: str
+    camera: str
+    fault: str | None
+    expected_error: str | None
+    observation: StripObservation | None
+    refusal: str | None
+    positions: dict            # analyte -> true level position (None: an off-chart pad)
+    ceiling: dict              # analyte -> True when ideal physics reads the exact level
+    out_of_gamut: tuple = ()
+
+
+def observe_world_scene(job: tuple) -> SceneRow:
+    """Render one seeded scene drawn from the whole simulated world (`simulator.world`) and observe
+    it as `stripread read` does. `job`: (product, card, seed, fault, light families, camera labels,
+    photo folder or None). With a folder the photo is kept there and reused: re-observing a photo
+    costs a tenth of rendering it, so a change to the reader is measured on the same photos."""
+    from simulator.ceiling import ceiling
+    from simulator.scene import FAULTS, photograph, truth_level
+    from simulator.world import domain, random_world_scene
+    product_ref, card_ref, seed, fault, lights, cameras, photos = job
     product, card = load_product(product_ref), load_card(card_ref)
     rng = np.random.default_rng(seed)
-    spec = random_scene(rng, product=product, card=card,
-                        resolution=TRAIN_RESOLUTIONS[seed % len(TRAIN_RESOLUTIONS)])
-    data, truth = photograph(spec, rng)
+    spec = random_world_scene(rng, product=product, card=card, lights=lights, cameras=cameras, fault=fault,
+                              resolution=TRAIN_RESOLUTIONS[seed % len(TRAIN_RESOLUTIONS)])
+    path = Path(photos) / f"{product.id}-{fault or 'good'}-{seed}.jpg" if photos else None
+    if path is not None and path.is_file():
+        data = path.read_bytes()
+    else:
+        data = photograph(spec, rng)[0]
+        if path is not None:
+            path.write_bytes(data)
     try:
-        observation = StripObserver(card, product).observe(data)
-    except ReadError:
-        return None
-    return strip_features(observation), {a: t.t for a, t in truth.pads.items()}
+        observation, refusal = _observer(card, product).observe(data), None
+    except ReadError as err:
+        observation, refusal = None, err.code
+    strip = load_product(spec.strip_product) if spec.strip_product else product
+    positions = {} if fault == "no_strip" else \
+        {p.analyte: None if p.analyte in spec.off_chart else truth_level(spec, p)[0] for p in strip.pads}
+    light, camera = domain(spec)
+    return SceneRow(seed, product.id, light, camera, fault, FAULTS.get(fault), observation, refusal, positions,
+                    ceiling(spec) if fault is None else {}, tuple(spec.off_chart))
+
+
+@lru_cache(maxsize=4)
+def _observer(card: Card, product: Product) -> StripObserver:
+    return StripObserver(card, product)
 
 
 def synthetic(product_ref: str, card_ref: str, count: int, seed: int, jobs: int = 1,
               progress: Callable[[int, int], None] | None = None) -> TrainingSet:
-    """`count` rendered scenes of the product under the simulator's lights and cameras."""
+    """`count` rendered scenes of the product drawn from the whole simulated world."""
     product = load_product(product_ref)
     data = TrainingSet(product)
-    work = [(str(product_ref), str(card_ref), seed * 1_000_003 + i) for i in range(count)]
-    with ProcessPoolExecutor(jobs) as pool:
-        for done, result in enumerate(pool.map(_observe_synthetic, work, chunksize=8), 1):
-            _collect(data, result)
-            if progress:
-                progress(done, count)
+    for row in world_rows(str(product_ref), str(card_ref), training_seeds(seed, count), jobs=jobs,
+                          progress=progress):
+        _collect(data, row.observation and (strip_features(row.observation), row.positions))
     return data
+
+
+def training_seeds(seed: int, count: int) -> list[int]:
+    return [seed * 1_000_003 + i for i in range(count)]
+
+
+def world_rows(product_ref: str, card_ref: str, seeds: Iterable[int], fault: str | None = None,
+               lights: tuple | None = None, cameras: tuple | None = None, jobs: int = 1,
+               progress: Callable[[int, int], None] | None = None, photos: Path | None = None) -> list[SceneRow]:
+    """Observed world scenes for the seeds, rendered in `jobs` processes (photos kept in `photos`)."""
+    work = [(product_ref, card_ref, s, fault, lights, cameras, photos and str(photos)) for s in seeds]
+    rows = []
+    with ProcessPoolExecutor(jobs) as pool:
+        for done, row in enumerate(pool.map(observe_world_scene, work, chunksize=4), 1):
+            rows.append(row)
+            if progress:
+                progress(done, len(work))
+    return rows
 
 
 def _collect(data: TrainingSet, result: tuple[list, dict] | None) -> None:

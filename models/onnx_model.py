@@ -99,27 +99,36 @@ class OnnxPadModel:
         features = strip_features(observation, charts)
         feeds = {pad.analyte: row[None, :] for pad, row in zip(self.product.pads, features)}
         results = dict(zip(self.outputs, self.session.run(None, feeds)))
+        probabilities = {pad.analyte: results[f"{pad.analyte}_c_probabilities"][0] for pad in self.product.pads}
+        readings = level_readings(self.product, charts, probabilities, self.classes)
         difficulty = observation.residual_de00 + DIFFICULTY_OFFSET
-        readings = []
-        for pad, chart in zip(self.product.pads, charts):
-            if chart.gap > OUT_OF_GAMUT_DE00:
-                readings.append(out_of_gamut(pad, chart.gap))
-                continue
-            probabilities = np.zeros(len(pad.levels))
-            probabilities[self.classes[pad.analyte]] = results[f"{pad.analyte}_c_probabilities"][0]
-            # the model refines the level within one step of the nearest chart colour, never beyond:
-            # far from its training data it could otherwise be confidently wrong by several levels
-            near = np.abs(np.arange(len(pad.levels)) - chart.nearest) <= 1
-            level = int(np.argmax(np.where(near, probabilities, -1.0)))
-            reading = PadReading(pad.analyte, pad.levels[level].code, None,
-                                 round(float(probabilities[level]), 3), [], round(chart.gap, 2))
+        for pad, reading in zip(self.product.pads, readings):
             position = results.get(f"{pad.analyte}_r_variable")
-            if position is not None:
-                # the value stays within the reported level's half-step: level and value never disagree
-                t = float(np.clip(position.ravel()[0], level - 0.5, level + 0.5))
-                t = float(np.clip(t, 0, len(pad.levels) - 1))
-                w = self.interval_scale[pad.analyte] * difficulty
-                reading.value = value_at(pad, t)
-                reading.interval = (value_at(pad, max(t - w, 0.0)), value_at(pad, min(t + w, len(pad.levels) - 1)))
-            readings.append(interpret(pad, reading))
+            if position is None or reading.level is None:
+                continue
+            # the value stays within the reported level's half-step: level and value never disagree
+            level = [lv.code for lv in pad.levels].index(reading.level)
+            t = float(np.clip(position.ravel()[0], level - 0.5, level + 0.5))
+            t = float(np.clip(t, 0, len(pad.levels) - 1))
+            w = self.interval_scale[pad.analyte] * difficulty
+            reading.value = value_at(pad, t)
+            reading.interval = (value_at(pad, max(t - w, 0.0)), value_at(pad, min(t + w, len(pad.levels) - 1)))
         return readings
+
+
+def level_readings(product: Product, charts: list, probabilities: dict, classes: dict) -> list[PadReading]:
+    """Each pad's level from its classifier's probabilities (columns `classes[analyte]` of the
+    chart's levels). The model refines the level within one step of the nearest chart colour, never
+    beyond: far from its training data it could otherwise be confidently wrong by several levels."""
+    readings = []
+    for pad, chart in zip(product.pads, charts):
+        if chart.gap > OUT_OF_GAMUT_DE00:
+            readings.append(out_of_gamut(pad, chart.gap))
+            continue
+        p = np.zeros(len(pad.levels))
+        p[classes[pad.analyte]] = probabilities[pad.analyte]
+        near = np.abs(np.arange(len(pad.levels)) - chart.nearest) <= 1
+        level = int(np.argmax(np.where(near, p, -1.0)))
+        readings.append(interpret(pad, PadReading(pad.analyte, pad.levels[level].code, None,
+                                                  round(float(p[level]), 3), [], round(chart.gap, 2))))
+    return readings

@@ -13,6 +13,7 @@ import pytest
 
 from calibration.card_measurement import MeasurementError, card_residual, import_measurements
 from calibration.colour import delta_e_2000
+from calibration.correction import MAX_RESIDUAL_DE00
 from calibration.errors import ReadError
 from calibration.observe import StripObserver
 from calibration.specs import Card, load_card, load_product
@@ -125,7 +126,7 @@ def test_a_badly_misprinted_card_is_refused_until_it_is_measured():
     residuals = measured.card_json["measurement"]["photo_residual_de00"]
     assert residuals["nominal"] == [None] * len(photos)
     assert max(residuals["measured"]) < 2.0
-    assert ">4 >4 >4 -> " in measured.report()
+    assert f">{MAX_RESIDUAL_DE00:g} " * 3 + "-> " in measured.report()
 
 
 def test_the_card_document_is_a_card_file_with_the_measurement_recorded():
@@ -176,7 +177,7 @@ def test_another_cards_measurement_or_rows_out_of_order_are_refused(lab):
 
 @pytest.mark.parametrize("print_error,message", [
     ((1.0, 2.0), "fit the photos worse than the card's intended values"),
-    ((1.5, 3.0), "cannot calibrate photo"),
+    ((2.0, 4.0), "cannot calibrate photo"),
 ], ids=["fits-worse", "cannot-calibrate"])
 def test_a_plausible_measurement_of_another_print_is_refused_by_the_photos(print_error, message):
     """Every value within a print error of the intended colours, so the file alone looks fine; but

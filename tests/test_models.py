@@ -34,7 +34,9 @@ def tiny_file(tiny_set, tiny_models, tmp_path_factory):
 
 
 def test_training_set_holds_every_pad_of_every_observed_scene(tiny_set, product):
-    assert tiny_set.photos == TINY and tiny_set.refused <= 2
+    # the wide world includes photos no colour correction can read (a Foveon-like sensor under a
+    # line-spectrum lamp): a few are refused and skipped
+    assert tiny_set.photos == TINY and tiny_set.refused <= 0.15 * TINY
     for pad in product.pads:
         x, levels, positions = tiny_set.arrays(pad.analyte)
         assert x.shape == (TINY - tiny_set.refused, len(pad.levels) + 9)

@@ -45,7 +45,7 @@ def _white(card, gain, *, glare_at=None, shadow_x=None):
     if shadow_x is not None:
         light = np.where((points[:, 0] > shadow_x)[:, None], light * 0.6, light)
     encoded = linear_to_srgb(np.clip(light, 0, 1))
-    return encoded, (encoded >= sampling.CLIPPED).mean(axis=1)
+    return encoded, (encoded >= sampling.CLIPPED).astype(float)   # per channel
 
 
 def test_illumination_field_follows_a_smooth_gradient(card):
@@ -76,7 +76,36 @@ def test_a_shadow_across_the_card_fails_calibration(card):
     assert err.value.code == "calibration_failed"
 
 
-def test_saturated_white_gives_a_flat_field_without_the_white_anchor(card):
+def test_white_saturated_in_every_channel_is_overexposed(card):
     rgb, clipped = _white(card, 1.6)
-    field = illumination.fit_illumination(card, rgb, clipped)
-    assert field.white_clipped and np.allclose(field.white_at(np.array([[50.0, 25.0]])), 1.0)
+    with pytest.raises(ReadError) as err:
+        illumination.fit_illumination(card, rgb, clipped)
+    assert err.value.code == "overexposed"
+
+
+def test_one_channel_clipped_on_the_white_still_maps_the_light(card):
+    """A fixed daylight white balance under a warm lamp lifts red until it clips on the card's
+    white: green and blue still map the light, red borrows their shape, and nothing is glare."""
+    points = illumination.white_points(card)
+    x = points[:, 0] / card.size_mm[0]
+    light = (0.8 * (1.0 - 0.3 * x))[:, None] * np.array([1.6, 0.9, 0.6])
+    encoded = linear_to_srgb(np.clip(light, 0, 1))
+    field = illumination.fit_illumination(card, encoded, (encoded >= sampling.CLIPPED).astype(float))
+    assert field.white_clipped and field.glare_fraction == 0
+    at = np.array([[20.0, 25.0], [120.0, 25.0]])
+    truth = (0.8 * (1.0 - 0.3 * at[:, :1] / 140)) * np.array([1.6, 0.9, 0.6])
+    white = field.white_at(at)
+    assert np.allclose(white[:, 1:], truth[:, 1:], rtol=0.02)
+    # red's level is unknown (only a lower bound), but its fall-off across the card is the light's
+    assert white[0, 0] / white[1, 0] == pytest.approx(truth[0, 0] / truth[1, 0], rel=0.02)
+
+
+def test_white_tinted_by_a_second_light_is_not_glare(card):
+    """Window light warming one end of the card: a colour change, not a highlight."""
+    points = illumination.white_points(card)
+    w = (points[:, 0] / card.size_mm[0])[:, None]
+    light = 0.6 * ((1 - w) * np.array([1.0, 0.95, 0.9]) + w * np.array([1.25, 0.95, 0.65]))
+    encoded = linear_to_srgb(light)
+    field = illumination.fit_illumination(card, encoded, np.zeros_like(encoded))
+    assert field.glare_fraction == 0 and not field.white_clipped
+    assert np.allclose(field.white_at(points), light, rtol=0.02)
