@@ -105,10 +105,12 @@ class LotCalibration:
 
     def apply(self, observation: StripObservation) -> StripObservation:
         """A copy of `observation` with the lot's shift removed from its pad colours. Refuses another
-        product or a chart edited since the fit: the offsets would be measured from other colours."""
+        product or a chart edited since the fit (the offsets would be measured from other colours) as
+        a reading error, so a session stores the refusal and the technician sees it."""
         if observation.product.id != self.product or observation.product.chart_digest != self.chart_sha256:
-            raise ValueError(f"lot {self.lot_id} was calibrated for {self.product}'s chart, "
-                             f"not for this {observation.product.id} strip")
+            raise ReadError("calibration_failed", f"This reader's calibration for strip lot {self.lot_id} was made "
+                                                  f"for another {self.product} chart: ask a technician to calibrate "
+                                                  "the lot again.", reason="lot_chart_changed")
         return _corrected(observation, self.corrections)
 
     def to_dict(self) -> dict:

@@ -185,7 +185,8 @@ def test_stored_and_reloaded_it_corrects_identically(strong_lot, strong_held_out
 
 
 def test_another_product_is_refused(strong_lot, strong_held_out, acr_product):
-    with pytest.raises(ValueError, match="generic-10"):
+    from calibration.errors import ReadError
+    with pytest.raises(ReadError, match="generic-10"):
         strong_lot.apply(dataclasses.replace(strong_held_out.observations[0], product=acr_product))
 
 
@@ -231,3 +232,21 @@ def test_a_refused_calibrator_photo_stops_the_calibration(tmp_path, product, obs
     (tmp_path / "calibrators.csv").write_text("photo,analyte,level\ncal.jpg,GLU,neg\n", encoding="utf-8")
     with pytest.raises(ValueError, match="cal.jpg: refused \\(image_unreadable\\)"):
         observe_calibrators(observer, load_calibrators(tmp_path / "calibrators.csv", product))
+
+
+def test_a_lot_calibrated_for_an_edited_chart_refuses_the_reading_instead_of_crashing(product, strong_lot,
+                                                                                    strong_held_out):
+    """The lot's offsets were measured from another chart (the product file was edited since): the
+    reading is refused with a code of the schema, so a session stores it and the service goes on."""
+    from calibration.errors import ReadError
+    from device.calibrations import ReaderCalibration
+    from device.read import Reader
+    stale = dataclasses.replace(strong_lot, chart_sha256="0" * 64)
+    with pytest.raises(ReadError) as err:
+        stale.apply(strong_held_out.observations[0])
+    assert err.value.code == "calibration_failed" and err.value.reason == "lot_chart_changed"
+    reader = Reader(load_card(), product, OnnxPadModel(product),
+                    ReaderCalibration(strip_lot="L1", lot_id="lot-x", lot=stale, lot_expires=EXPIRES))
+    result = reader.read(strong_held_out.photos[0])
+    assert result["status"] == "error" and result["error"]["code"] == "calibration_failed"
+    assert result["error"]["reason"] == "lot_chart_changed"
