@@ -1,22 +1,30 @@
 """stripread: a quantitative urine test-strip reader for Raspberry Pi-class devices."""
+from pathlib import Path
+
 from setuptools import setup
 
 TRAIN = ["scikit-learn>=1.3", "skl2onnx>=1.16", "onnx>=1.14"]
+# the wide simulator (simulator/world.py): measured CIE illuminants and camera sensitivities;
+# scipy's bounded least squares fits the reagent-dye and card-ink spectra
+SIM = ["colour-science>=0.4.4", "scipy>=1.10"]
 
 setup(
     name="stripread",
-    version="0.1.0",
+    # one file, read as it is by device.read.software_version (no metadata scan at start)
+    version=(Path(__file__).parent / "device" / "data" / "version.txt").read_text().strip(),
     description="Camera-based quantitative urine test-strip reader (card colour calibration, ONNX pad models)",
     python_requires=">=3.11",     # tomllib; Raspberry Pi OS Bookworm ships 3.11
     packages=["device", "device.web", "calibration", "models", "firmware_bridge", "simulator"],
     package_data={
         "calibration": ["data/cards/*.json", "data/products/*.json", "data/controls/*.toml"],
         "models": ["data/*.json", "data/*.onnx"],
-        "device": ["data/*.json", "data/*.toml", "web/templates/*.html", "web/static/*"],
+        "device": ["data/*.json", "data/*.toml", "data/version.txt", "web/templates/*.html", "web/static/*"],
     },
     install_requires=[
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
+        # JPEG decoding by libjpeg-turbo in strict mode: a file cut short is refused, not filled in grey
+        "simplejpeg>=1.7",
         "onnxruntime>=1.16",
         # the reader's microcontroller link (firmware_bridge): the serial port and its CRC (COBS is
         # written out in firmware_bridge/protocol.py: the `cobs` package has no Linux wheels)
@@ -33,14 +41,19 @@ setup(
         "uvicorn>=0.29",
         "jinja2>=3.1",
         "python-multipart>=0.0.9",
+        # the web login's throttle: failed attempts counted per account and per address in moving windows
+        "limits>=4",
+        # the device key (Ed25519) that signs the result store's chain head (device/signing.py)
+        "cryptography>=41",
     ],
     extras_require={
         # picamera2 needs libcamera: on Raspberry Pi OS install apt's python3-picamera2 instead
         "pi": ["picamera2"],
         # retraining the pad models (stripread train); reading needs only onnxruntime
-        "train": TRAIN,
-        "test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6", "trustme>=1.1", "httpx>=0.27", "selenium>=4.20"]
-        + TRAIN,
+        "train": TRAIN + SIM,
+        "test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6", "trustme>=1.1", "httpx>=0.27", "selenium>=4.20",
+                 "schemathesis>=4"]   # fuzzes the web API from its OpenAPI schema
+        + TRAIN + SIM,
     },
     entry_points={"console_scripts": ["stripread = device.cli:main"]},
 )

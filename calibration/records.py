@@ -49,8 +49,16 @@ def _record_id(previous: str, kind: str, subject: str, created_at: str, operator
 class Records:
     """The calibration records in one SQLite file (WAL, durable commits)."""
 
-    def __init__(self, path: Path | str):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | str, readonly: bool = False):
+        if readonly:        # reading a photo must work on a read-only data folder; nothing is written
+            from device.store import connect_readonly
+            self._db = connect_readonly(Path(path))
+            if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'calibration_records'").fetchone():
+                return
+            self._db.close()
+            path = ":memory:"                           # no records in the file: none to read
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

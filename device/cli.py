@@ -6,14 +6,22 @@ import argparse
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 
 from calibration.errors import ReadError, SpecError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def default_db_path() -> Path:
+    """The results database: under $STRIPREAD_DATA if set (the service sets /var/lib/stripread),
+    else in the user's data folder. Here, not in device.store: every command's parser needs it, and
+    importing the store (SQLite, the signing key's cryptography) cost a cold `read` 12 MB and 30 ms."""
+    folder = os.environ.get("STRIPREAD_DATA") or Path.home() / ".local" / "share" / "stripread"
+    return Path(folder) / "results.db"
 
 
 def _reader(args):
@@ -42,7 +50,7 @@ def _calibration(args, card, product):
     if not Path(args.db).is_file():
         return card, ReaderCalibration(strip_lot=lot)
     from calibration.records import Records
-    with Records(args.db) as records:
+    with Records(args.db, readonly=True) as records:
         return load_calibration(records, card, product.id, lot)
 
 
@@ -77,19 +85,23 @@ def format_table(result: dict) -> str:
 
 
 def cmd_read(args) -> int:
-    path = Path(args.photo)
+    from calibration.decode import check_limits, read_photo
     try:
-        data = path.read_bytes()
-        captured = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-    except OSError as exc:
-        data, captured = b"", None
-        print(f"stripread: cannot open {path}: {exc.strerror}", file=sys.stderr)
-    try:
-        result = _reader(args).read(data, captured_at=captured)
-    except ReadError as err:   # the model could not be loaded: refuse rather than misread
-        print(f"stripread: {getattr(err, 'detail', err.message)}", file=sys.stderr)
+        data, captured = read_photo(args.photo)
+        check_limits(data)         # a bomb is refused before OpenCV and the pad model are loaded
+    except ReadError as err:       # missing, not a regular file, too large, a bomb
+        from calibration.specs import load_card, load_product
+        load_product(args.product)     # an unusable product or card file is still bad usage
+        load_card(args.card)
+        print(f"stripread: {args.photo}: {err.message}", file=sys.stderr)
         result = _refusal(err.code, err.message)
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    else:
+        try:
+            result = _reader(args).read(data, captured_at=captured)
+        except ReadError as err:   # the model could not be loaded: refuse rather than misread
+            print(f"stripread: {getattr(err, 'detail', err.message)}", file=sys.stderr)
+            result = _refusal(err.code, err.message)
+    print(json.dumps(result, indent=1, allow_nan=False) if args.json else format_table(result))
     return EXIT_OK if result["status"] == "ok" else EXIT_REFUSED
 
 
@@ -141,7 +153,7 @@ def cmd_simulate(args) -> int:
 
 def cmd_history(args) -> int:
     from device.store import ResultStore
-    with ResultStore(args.db) as store:
+    with ResultStore(args.db, readonly=True) as store:
         records = store.history(args.patient, args.limit)
     if not records:
         print("no stored results" + (" for this patient" if args.patient else ""))
@@ -166,7 +178,7 @@ def cmd_trend(args) -> int:
     """A patient's analytes over time: a line each on the terminal, and a PNG plot."""
     from device.store import ResultStore
     from device.trends import series, trend_png
-    with ResultStore(args.db) as store:
+    with ResultStore(args.db, readonly=True) as store:
         lines = series(list(reversed(store.history(args.patient, args.limit))))
     if not lines:
         print("no readings of this patient")
@@ -189,7 +201,7 @@ def cmd_export(args) -> int:
     import csv
     from device.store import ResultStore
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
-    with ResultStore(args.db) as store:
+    with ResultStore(args.db, readonly=True) as store:
         if args.format == "json":
             for r in store.iter_results():
                 out.write(json.dumps({"seq": r.seq, "result_id": r.result_id, "stored_at": r.stored_at,
@@ -213,17 +225,51 @@ def cmd_export(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Recompute the hash chain of the store: any altered, inserted or removed record shows."""
+    """Check the store without writing to it: SQLite's integrity check, the hash chain, every
+    record's signature and the checkpoint beside the file. Exit 1 naming the records and why when
+    anything was damaged, altered, removed or emptied. `--export-key` prints the device's public key."""
+    from device import signing
+    from device.store import examine
+    key = None
+    try:
+        if args.export_key:
+            key = signing.DeviceKey.load(signing.key_path(Path(args.db)))
+            print(key.pem(), end="")
+            print(f"key id {key.id}", file=sys.stderr)
+            return EXIT_OK
+        if args.public_key:
+            key = signing.PublicKey.from_pem(Path(args.public_key).read_bytes())
+        else:          # the device key, when this user may read it (a note says when signatures went unchecked)
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                key = signing.DeviceKey.load(signing.key_path(Path(args.db)), create=False)
+    except (OSError, ValueError) as exc:
+        print(f"stripread: cannot read or create the key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    found = examine(args.db, key)
+    for note in found.notes:
+        print(note)
+    if not found.sound:
+        print(f"{found.records} record(s) read from {args.db}: NOT INTACT")
+        for problem in found.problems:
+            print(f"  {problem}")
+        return EXIT_REFUSED
+    signed = f", signatures valid (key {key.id})" if key and found.signed else ""
+    print(f"{found.records} records, hash chain intact{signed}")
+    return EXIT_OK
+
+
+def cmd_backup(args) -> int:
+    """A consistent copy of the store (SQLite's online backup: the service may keep running) with
+    its checkpoint beside it; restore by copying both back while the service is stopped (README)."""
     from device.store import ResultStore
-    with ResultStore(args.db) as store:
-        integrity, report = store.integrity(), store.verify()
-    if integrity != "ok":
-        print(f"the database file is damaged: {integrity}")
-        return EXIT_REFUSED
-    if report.first_broken_seq is not None:
-        print(f"{report.records} records read; record #{report.first_broken_seq}: {report.reason}")
-        return EXIT_REFUSED
-    print(f"{report.records} records, hash chain intact")
+    with ResultStore(args.db, readonly=True) as store:
+        try:
+            checkpoint = store.backup(args.dest)
+        except FileExistsError as exc:
+            print(f"stripread: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    print(f"backed up to {args.dest}" + (f" ({checkpoint.count} records up to #{checkpoint.seq}, checkpoint "
+                                         f"beside it)" if checkpoint else ""))
     return EXIT_OK
 
 
@@ -304,17 +350,21 @@ def cmd_demo(args) -> int:
     develop after dipping, time compressed by --speed; the result printed and stored."""
     from device.rig import SimulatedRig
     from device.session import Clock, ReadingSession
-    from device.store import ResultStore
+    from device.store import StoreUnavailable, open_for_service
     from firmware_bridge.host import ReaderBoard
     try:
         reader = _reader(args)
+        store = open_for_service(args.db)        # a damaged store is set aside, never written
     except ReadError as err:
         print(format_table(_refusal(err.code, err.message)))
         return EXIT_REFUSED
+    except StoreUnavailable as exc:
+        print(f"stripread: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     clock = Clock(args.speed)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(store)
         rig = stack.enter_context(SimulatedRig(reader.product, clock, seed=args.seed))
-        store = stack.enter_context(ResultStore(args.db))
         board = stack.enter_context(ReaderBoard(rig.port))
         print(f"Simulated reader: a {reader.product.id} strip, camera '{rig.camera.spec.camera}' under "
               f"'{rig.camera.spec.illuminant}' light, time x{args.speed:g}; board firmware "
@@ -360,7 +410,7 @@ def _qc_gate(args, stack: contextlib.ExitStack):
     return lambda: qc_status(records)
 
 
-def _start_web(args, stack: contextlib.ExitStack, service, rig) -> None:
+def _start_web(args, stack: contextlib.ExitStack, service, rig, lab: bool = False) -> None:
     """The local web interface in a thread of its own (uvicorn, no access log: paths hold patient ids)."""
     if args.web == "off":
         return
@@ -368,11 +418,13 @@ def _start_web(args, stack: contextlib.ExitStack, service, rig) -> None:
 
     import uvicorn
     from calibration.specs import load_product
+    from device.alerts import load_rules
     from device.web.app import WebContext, create_app
     host, _, port = args.web.rpartition(":")
     https = bool(args.web_cert)
     app = create_app(WebContext(Path(args.db), load_product(args.product), service, rig, https=https,
-                                login_everywhere=args.web_login))
+                                login_everywhere=args.web_login, rules=load_rules(args.alert_rules), lab=lab,
+                                contact=args.contact))
     config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), access_log=False, log_level="warning",
                             ssl_certfile=args.web_cert, ssl_keyfile=args.web_key, log_config=None)
     server = uvicorn.Server(config)
@@ -406,20 +458,28 @@ def cmd_run(args, automatic_patient: bool = True) -> int:
     """The reader's service loop (systemd runs this): strips in, sessions run, results stored."""
     from device.service import ReaderService, install_json_logging, stop_on_signals
     from device.session import Clock, ReadingSession
-    from device.store import ResultStore
+    from device.store import StoreUnavailable, open_for_service
     install_json_logging()
     stop = threading.Event()
     stop_on_signals(stop)
-    reader = _reader(args)
-    clock = Clock(args.speed if args.simulate else 1.0)
+    try:                 # before anything else opens the file: a damaged store is set aside, never written
+        store = open_for_service(args.db)
+    except StoreUnavailable as exc:
+        import logging
+        logging.getLogger("stripread.service").error(f"cannot start: {exc}")
+        return EXIT_USAGE
     with contextlib.ExitStack() as stack:
+        stack.enter_context(store)
+        reader = _reader(args)
+        clock = Clock(args.speed if args.simulate else 1.0)
         board, camera, rig = _hardware(args, stack, reader.product, clock)
-        store = stack.enter_context(ResultStore(args.db))
         session = ReadingSession(reader, board, camera, store, clock, stop=stop, admit=_qc_gate(args, stack),
                                  judge=_alert_judge(args))
+        if args.min_free_mb is not None:
+            session.min_free_mb = args.min_free_mb
         wake_sync = _background_sync(args, stack, stop)
         service = ReaderService(session, operator_id=args.operator, on_stored=wake_sync.set if wake_sync else None)
-        _start_web(args, stack, service, rig)
+        _start_web(args, stack, service, rig, lab=wake_sync is not None)
         if args.simulate and automatic_patient:
             rig.patient(session, stop, strips=args.strips)
         service.serve()
@@ -428,7 +488,8 @@ def cmd_run(args, automatic_patient: bool = True) -> int:
 
 
 def cmd_user(args) -> int:
-    """Create a technician account, or set a new password (ending its web sessions)."""
+    """Create a staff account (a technician, or `--role nurse`), or set a new password and role
+    (ending its web sessions)."""
     import getpass
     from device.web.auth import Accounts
     if args.password_file:
@@ -440,11 +501,11 @@ def cmd_user(args) -> int:
             return EXIT_USAGE
     try:
         with Accounts(args.db) as accounts:
-            accounts.set_password(args.name, password)
+            accounts.set_password(args.name, password, args.role)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    print(f"technician {args.name} can log in to the web interface")
+    print(f"{args.role or 'staff member'} {args.name} can log in to the web interface")
     return EXIT_OK
 
 
@@ -471,8 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "or an .onnx file")
 
     def db_option(p):
-        from device.store import default_path
-        p.add_argument("--db", default=str(default_path()), help="results database (default %(default)s)")
+        p.add_argument("--db", default=str(default_db_path()), help="results database (default %(default)s)")
 
     def alert_option(p):
         p.add_argument("--alert-rules", help="the clinic's alert rules (TOML; default: the shipped "
@@ -523,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--web-key", help="its private key")
         p.add_argument("--web-login", action="store_true", help="every page needs a staff login (a clinic's "
                                                                 "network), not only the technician's")
+        p.add_argument("--contact", default=os.environ.get("STRIPREAD_CONTACT"),
+                       help="whom patients contact when quality control locks the reader, shown before they "
+                            "dip a strip (default $STRIPREAD_CONTACT, else 'the technician who looks after this "
+                            "reader')")
+        p.add_argument("--min-free-mb", type=float, help="refuse to start a test with less free space in the "
+                                                         "data folder (default $STRIPREAD_MIN_FREE_MB or 20)")
         spec_options(p, model=True)
         db_option(p)
 
@@ -535,8 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     service_options(serve, "127.0.0.1:8080")
     serve.set_defaults(func=cmd_serve)
 
-    user = sub.add_parser("user", help="technician accounts of the web interface")
+    user = sub.add_parser("user", help="staff accounts of the web interface (nurses and technicians)")
     user.add_argument("name")
+    user.add_argument("--role", choices=("nurse", "technician"), help="a nurse sees the clinic's alerts and "
+                      "patients' histories; a technician also QC and calibration (default: technician for a new "
+                      "account, unchanged for an existing one)")
     user.add_argument("--password-file", help="read the password from this file (default: ask)")
     db_option(user)
     user.set_defaults(func=cmd_user)
@@ -560,9 +629,20 @@ def build_parser() -> argparse.ArgumentParser:
     db_option(export)
     export.set_defaults(func=cmd_export)
 
-    verify = sub.add_parser("verify", help="check the result store's hash chain: tampering shows")
+    verify = sub.add_parser("verify", help="check the result store (file, hash chain, signatures, checkpoint): "
+                                           "damage and tampering show")
+    verify.add_argument("--public-key", help="check the signatures against this exported public key (PEM) rather "
+                                             "than the device key beside the store")
+    verify.add_argument("--export-key", action="store_true", help="print the device's public key (PEM; its id on "
+                                                                  "stderr) for the lab or a technician to keep")
     db_option(verify)
     verify.set_defaults(func=cmd_verify)
+
+    backup = sub.add_parser("backup", help="a consistent copy of the result store (while the service runs), "
+                                           "with its checkpoint")
+    backup.add_argument("dest", help="the new database file to write (must not exist)")
+    db_option(backup)
+    backup.set_defaults(func=cmd_backup)
 
     from device import technician
     technician.add_parsers(sub, spec_options, db_option, hardware_options)
@@ -602,6 +682,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"stripread: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except sqlite3.DatabaseError as exc:    # the file, not the code: say which and what to do
+        print(f"stripread: the results database {getattr(args, 'db', '')} cannot be used: {exc}. "
+              "`stripread verify` says more; the service sets a damaged store aside and starts a fresh one.",
+              file=sys.stderr)
+        return EXIT_REFUSED
     except BrokenPipeError:   # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK

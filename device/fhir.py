@@ -26,6 +26,7 @@ from fhir.resources.R4B.coding import Coding
 from fhir.resources.R4B.communication import Communication, CommunicationPayload
 from fhir.resources.R4B.device import Device, DeviceDeviceName, DeviceVersion
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.extension import Extension
 from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.quantity import Quantity
@@ -40,6 +41,7 @@ LOINC, UCUM, SNOMED_SYSTEM = "http://loinc.org", "http://unitsofmeasure.org", "h
 URI = "urn:ietf:rfc:3986"
 DEVICE_SYSTEM, CONFIGURATION_SYSTEM = "urn:stripread:device", "urn:stripread:device-configuration"
 RECORD_HASH_SYSTEM = "urn:stripread:record-sha256"
+SEAL_EXTENSION = "urn:stripread:chain-seal"     # the device-signed chain head at this record (device.signing)
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -69,7 +71,7 @@ def transaction(record: StoredResult, config: LabConfig) -> dict:
         code=CodeableConcept(coding=[Coding(system=LOINC, code=PANEL_LOINC[0], display=PANEL_LOINC[1])],
                              text=f"Urine test strip ({result['product']})"),
         subject=patient, effectiveDateTime=provenance["captured_at"], issued=record.stored_at,
-        result=observation_refs, conclusion=_conclusion(result))
+        result=observation_refs, conclusion=_conclusion(result), extension=_seal(record))
     entries.append(_entry(report_id, report, f"identifier={URI}|{report_id}"))
     return json.loads(Bundle(type="transaction", entry=entries).model_dump_json(exclude_none=True))
 
@@ -101,6 +103,18 @@ def alert_transaction(alert: dict, config: LabConfig) -> dict:
         payload=[CommunicationPayload(contentString=f"{alert['title']}. {alert['message']}")])
     bundle = Bundle(type="transaction", entry=[_entry(identifier, communication, f"identifier={URI}|{identifier}")])
     return json.loads(bundle.model_dump_json(exclude_none=True))
+
+
+def _seal(record: StoredResult) -> list[Extension] | None:
+    """The record's signed chain head: the lab keeps it, so records deleted or rewritten on the
+    device later show against it (checked with the key `stripread verify --export-key` prints)."""
+    seal = record.seal()
+    if seal is None:
+        return None
+    kinds = {"key": "valueString", "count": "valueInteger", "seq": "valueInteger", "sha256": "valueString",
+             "signature": "valueBase64Binary"}
+    return [Extension(url=SEAL_EXTENSION, extension=[Extension(url=name, **{kinds[name]: value})
+                                                     for name, value in seal.items()])]
 
 
 def _urn(name: str, result_id: str) -> str:

@@ -1,9 +1,10 @@
 """A stored reading as an HL7 v2.5.1 ORU^R01 message, and the MLLP client that delivers it.
 
 MSH, PID (the patient by identifier only: PID-5 carries no name), OBR (the strip panel, LOINC
-50556-0) and one OBX per pad with its LOINC code, value and UCUM unit, each followed by an NTE with
-the reader's estimate. The message control id (MSH-10) and every timestamp come from the stored
-record, so a resend is the identical message and the lab's duplicate detection keeps it once.
+50556-0) with an NTE carrying the record's device-signed chain head (`device.signing`), and one OBX
+per pad with its LOINC code, value and UCUM unit, each followed by an NTE with the reader's estimate.
+The message control id (MSH-10) and every timestamp come from the stored record, so a resend is the
+identical message and the lab's duplicate detection keeps it once.
 Built and checked with hl7apy; only the MLLP frame bytes are written by hand.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hl7apy.v2_5_1 import ST
 
 from device.lab import (PANEL_LOINC, Hl7Settings, LabConfig, LabRejected, LabUnavailable, PadMessage,
                         pad_messages, patient_of, tls_failure)
+from device.signing import seal_line
 from device.store import StoredResult
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -46,6 +48,9 @@ def oru_message(record: StoredResult, settings: Hl7Settings, config: LabConfig) 
     obr.obr_22 = _dtm(record.stored_at)
     obr.obr_24 = "URN"
     obr.obr_25 = "F"
+    seal = record.seal()
+    if seal is not None:             # the lab keeps it: later deletions or rewrites on the device show against it
+        order.add_segment("NTE").nte_3 = _escaped(seal_line(seal))
     for number, pad in enumerate(pad_messages(result), start=1):
         _observation(order.add_group("ORU_R01_OBSERVATION"), number, pad, provenance)
     try:

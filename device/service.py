@@ -20,6 +20,7 @@ import numpy as np
 from device.session import POLL_S, ReadingSession
 
 log = logging.getLogger("stripread.service")
+RETRY_STORE_S = 10.0           # how often (real seconds) readings held in memory are offered to the store again
 _QR = cv2.QRCodeDetector()
 
 
@@ -52,19 +53,23 @@ class ReaderService:
         self.on_stored = on_stored or (lambda: None)     # e.g. wake the lab sync
         self.sessions = 0
         self.last_record = None                           # the newest stored session's record
-        self._requested: tuple[str | None, str | None] | None = None   # (patient, operator) for the next strip
+        self._requested: tuple | None = None     # (patient, operator, purpose) for the next strip
         self._lock = threading.Lock()
+        self._retry_at = 0.0                              # when held readings are next offered to the store
 
-    def request_test(self, patient_id: str | None, operator_id: str | None = None) -> None:
-        """Someone at the screen started a test: the next strip is this patient's."""
+    def request_test(self, patient_id: str | None, operator_id: str | None = None, purpose: str = "patient") -> None:
+        """Someone at the screen started a test: the next strip is this patient's (or, `purpose="qc"`,
+        a technician's control strip)."""
         with self._lock:
-            self._requested = (patient_id, operator_id)
+            self._requested = (patient_id, operator_id, purpose)
 
     def serve(self) -> int:
         board, clock, stop = self.session.board, self.session.clock, self.session.stop
         log.info("reader ready", extra={"fields": {"product": self.session.product.id,
                                                    "camera": self.session.camera.name}})
         while not stop.is_set():
+            if self.session.held and time.monotonic() >= self._retry_at:
+                self._store_held()
             event = self._next_event(board)
             if event is None:
                 clock.sleep(POLL_S)
@@ -73,8 +78,20 @@ class ReaderService:
                 log.info("board %s", event.kind, extra={"fields": {"detail": str(event.detail)}})
             if event.kind == "strip_inserted" or (event.kind == "button" and event.detail == "start"):
                 self._one_session(clock.now())
+        if self.session.held:
+            self._store_held()
+        if self.session.held:
+            log.error("reader stopped with results the store could not take: they are lost",
+                      extra={"fields": {"lost": len(self.session.held)}})
         log.info("reader stopped", extra={"fields": {"sessions": self.sessions}})
         return self.sessions
+
+    def _store_held(self) -> None:
+        self._retry_at = time.monotonic() + RETRY_STORE_S
+        held = len(self.session.held)
+        if self.session.store_held() is not None:
+            log.info("held results stored", extra={"fields": {"stored": held}})
+            self.on_stored()
 
     @staticmethod
     def _next_event(board):
@@ -84,11 +101,18 @@ class ReaderService:
         started = time.monotonic()
         with self._lock:
             requested, self._requested = self._requested, None
-        patient_id, operator_id = requested or (None, self.operator_id)
+        patient_id, operator_id, purpose = requested or (None, self.operator_id, "patient")
         report = self.session.run(patient_id=patient_id, operator_id=operator_id or self.operator_id,
-                                  inserted_at=inserted_at, identify=patient_from_photo)
+                                  inserted_at=inserted_at, purpose=purpose,
+                                  identify=patient_from_photo if purpose == "patient" else None)
         self.sessions += 1
-        record = self.last_record = report.record
+        record = report.record
+        if record is None:                   # the store refused it: held in memory (logged by the session)
+            self._retry_at = time.monotonic() + RETRY_STORE_S
+            log.info("session %s", report.outcome, extra={"fields": {
+                "record": None, "held": len(self.session.held), "seconds": round(time.monotonic() - started, 2)}})
+            return
+        self.last_record = record
         log.info("session %s", report.outcome, extra={"fields": {
             "record": record.seq, "status": record.result.get("status"),
             "patient_identified": record.patient_id is not None, "seconds": round(time.monotonic() - started, 2)}})

@@ -5,13 +5,18 @@ Each pad is read from the capture taken at its own read time; a capture later th
 allows leaves its pads unreported (`outside_read_window`), and a session left past the product's
 `discard_after` is refused outright. Cancel, a strip pulled out early, a lost camera and a lost
 controller each end the session with a stored record saying so: never a silent loss, never a
-half-written result (the store writes each record in one transaction).
+half-written result (the store writes each record in one transaction). A store that cannot take
+the record (a full disk) does not end the service: the reading is held in memory and stored as soon
+as the store takes it again (`store_held`); a test does not start below a margin of free space.
 
 Time comes from a `Clock`: real seconds scaled by a speed factor on the device and in the demo,
 a fake clock in tests, so every transition can be driven deterministically.
 """
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +26,7 @@ from enum import Enum
 from device.calibrations import NOT_LOCKED
 from device.camera import Camera, CameraLost
 from device.read import SCHEMA, Reader, software_version
-from device.store import ResultStore, StoredResult
+from device.store import ResultStore, StoredResult, storage_failure
 from firmware_bridge.host import BoardUnavailable
 from models.derived import derive
 
@@ -32,6 +37,8 @@ ARM_TIMEOUT_S = 600.0          # an armed reader with no strip for this long dis
 DEFAULT_CLIMATE = {"temperature_c": (15.0, 30.0), "humidity_pct": (10.0, 85.0)}   # typical strip labels
 SESSION_SCHEMA = "stripread.session/1"
 TOO_LATE_MESSAGE = "The strip was read too long after dipping: repeat the test with a new strip."
+MIN_FREE_MB = float(os.environ.get("STRIPREAD_MIN_FREE_MB", "20"))   # a test needs this much room to be stored
+log = logging.getLogger("stripread.session")
 
 
 class State(Enum):
@@ -92,7 +99,9 @@ class ReadingSession:
         self.read_times = sorted({pad.read_at_s for pad in self.product.pads})
         self.state = State.IDLE
         self.report = SessionReport()
-        self.stored = 0                                            # sessions stored so far
+        self.stored = 0                                            # sessions ended (stored or held)
+        self.held: list[dict] = []          # records the store could not take yet (a full disk), oldest first
+        self.min_free_mb = MIN_FREE_MB
         self.dipped_at: float | None = None                        # clock time the current strip went in
         self.last_photo: bytes | None = None                       # the newest capture (a live preview)
 
@@ -117,6 +126,7 @@ class ReadingSession:
         try:
             if qc.locked:
                 raise SessionEnded("locked", qc.message)
+            self._check_room()
             self._check_climate()
             dipped_at = self._wait_for_strip() if inserted_at is None else inserted_at
             self.dipped_at, self.last_photo = dipped_at, None
@@ -138,14 +148,43 @@ class ReadingSession:
             result["provenance"]["qc_run_id"] = qc.last_passing_id     # the QC that vouched for this reader
         result["session"] = {"outcome": outcome, "purpose": purpose, "dipped_at_s": dipped_at, "captures": captures,
                              "states": self.report.state_log, "software_version": software_version()}
-        self.report.record = self.store.add(result, patient_id=patient_id, operator_id=operator_id,
-                                            thumbnails=thumbnails, for_lab=purpose == "patient",
-                                            judge=self.judge if purpose == "patient" else None)
+        self.held.append({"result": result, "patient_id": patient_id, "operator_id": operator_id,
+                          "thumbnails": thumbnails, "for_lab": purpose == "patient",
+                          "judge": self.judge if purpose == "patient" else None})
+        self.report.record = self.store_held()
         self.report.outcome = outcome
         self.stored += 1
-        self._enter(State.STORED, f"{outcome}: stored as record #{self.report.record.seq}")
+        self._enter(State.STORED, f"{outcome}: stored as record #{self.report.record.seq}" if self.report.record
+                    else f"{outcome}: kept in memory until the store can take it")
         self._enter(State.IDLE)
         return self.report
+
+    def store_held(self) -> StoredResult | None:
+        """Store the held records, oldest first; the newest one stored, or None when the store
+        refused (the records stay held, and the failure is logged once per try, without patient data)."""
+        stored = None
+        while self.held:
+            try:
+                stored = self.store.add(**self.held[0])
+            except Exception as exc:
+                if not storage_failure(exc):
+                    raise
+                log.error("result kept in memory: the store cannot take it (%s)", exc,
+                          extra={"fields": {"held": len(self.held)}})
+                return None
+            self.held.pop(0)
+        return stored
+
+    def _check_room(self) -> None:
+        """Refuse to start a test the store may have no room for."""
+        try:
+            free_mb = shutil.disk_usage(self.store.path.parent).free / 1e6
+        except OSError:
+            return                           # cannot tell: the store itself will say
+        if free_mb < self.min_free_mb:
+            raise SessionEnded("storage_full", f"The reader's storage is almost full ({free_mb:.0f} MB free, "
+                                               f"{self.min_free_mb:.0f} MB needed to store a test): ask a "
+                                               "technician to make room (stripread backup, then clear old files).")
 
     def _board(self, call, *args):
         """A board call; a controller that stopped answering ends the session."""

@@ -5,6 +5,10 @@ SQLite in WAL mode with `synchronous=FULL`: a result, its pad thumbnails and its
 written in one transaction, so after any crash a result is either wholly there (and queued for the
 lab) or not there at all. Each record is chained to the one before it by SHA-256 over a canonical
 serialisation: altering, inserting or deleting a row breaks the chain, which `verify` reports.
+The chain alone cannot show an edit with the hashes recomputed, nor the newest records deleted or the
+file emptied: each record's chain head is therefore signed with the device key (`device.signing`,
+kept outside the database) and the newest signed head is checkpointed in a second file beside the
+database after every commit. `examine` checks all of it without writing a byte.
 Patient and operator identifiers are stored (a history needs them) but never logged.
 
 Readings with status `ok` are queued in the outbox for the lab; refused readings and aborted
@@ -15,16 +19,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from device import signing
+
+log = logging.getLogger("stripread.store")
 GENESIS = "0" * 64
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     seq          INTEGER PRIMARY KEY,
@@ -35,7 +43,9 @@ CREATE TABLE IF NOT EXISTS results (
     status       TEXT NOT NULL,
     result_json  TEXT NOT NULL,
     prev_hash    TEXT NOT NULL,
-    hash         TEXT NOT NULL UNIQUE
+    hash         TEXT NOT NULL UNIQUE,
+    chain_count  INTEGER,           -- records in the store with this one (signed with the hash)
+    signature    TEXT               -- "<key id>:<base64 Ed25519 signature>" of the head at this record
 );
 CREATE INDEX IF NOT EXISTS results_patient ON results (patient_id, seq);
 CREATE TABLE IF NOT EXISTS thumbnails (
@@ -78,13 +88,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 # version 1 queued every record; refusals and aborted sessions are not for the lab
 _MIGRATE_FROM_1 = ("DELETE FROM outbox WHERE state = 'pending' AND result_id IN"
                    " (SELECT result_id FROM results WHERE status != 'ok')")
-
-
-def default_path() -> Path:
-    """The results database: under $STRIPREAD_DATA if set (the service sets /var/lib/stripread),
-    else in the user's data folder."""
-    folder = os.environ.get("STRIPREAD_DATA") or Path.home() / ".local" / "share" / "stripread"
-    return Path(folder) / "results.db"
+_SIGNATURE_COLUMNS = {"chain_count": "INTEGER", "signature": "TEXT"}      # version 4
+_CHAIN = "seq, result_id, stored_at, patient_id, operator_id, status, result_json, prev_hash, hash"
+_COLUMNS = "seq, result_id, stored_at, patient_id, operator_id, result_json, hash, chain_count, signature"
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,21 @@ class StoredResult:
     operator_id: str | None
     result: dict
     hash: str
+    chain_count: int | None = None      # the signed head at this record (None: stored before signing)
+    signature: str | None = None
+
+    def seal(self) -> dict | None:
+        """The chain head signed when this record was stored, for the lab to keep: key id, count,
+        seq, sha256 and signature (None for a record stored before signing)."""
+        if not self.signature:
+            return None
+        key_id, _, signature = self.signature.partition(":")
+        return {"key": key_id, "count": self.chain_count, "seq": self.seq, "sha256": self.hash,
+                "signature": signature}
+
+
+def _stored(row) -> StoredResult:
+    return StoredResult(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6], row[7], row[8])
 
 
 @dataclass(frozen=True)
@@ -114,10 +135,16 @@ def _record_hash(prev_hash: str, result_id: str, stored_at: str, patient_id: str
 
 class ResultStore:
     """One SQLite file; safe to open from several processes (WAL), one writer at a time. An object
-    may be handed to another thread (the service's session thread) but not used by two at once."""
+    may be handed to another thread (the service's session thread) but not used by two at once.
+    `readonly` opens an existing file without writing anything to it (history, export, verify)."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, key: signing.DeviceKey | None = None, readonly: bool = False):
         self.path = Path(path)
+        self._key = key                                   # loaded (or created) at the first add
+        self._columns = _COLUMNS
+        if readonly:
+            self._open_readonly()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -131,7 +158,31 @@ class ResultStore:
                 self._db.execute(statement)
             if version == 1:
                 self._db.execute(_MIGRATE_FROM_1)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+            for column, kind in _SIGNATURE_COLUMNS.items():
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _open_readonly(self) -> None:
+        """The file as it is: a store from before signing reads without its signatures; no file, an
+        empty one or one without results reads as an empty store (nothing is created)."""
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            self._db = connect_readonly(self.path)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+            if present:
+                if not present >= set(_SIGNATURE_COLUMNS):
+                    self._columns = _COLUMNS.replace("chain_count, signature", "NULL, NULL")
+                return
+            self._db.close()
+        self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._db.executescript(_SCHEMA)
+
+    @property
+    def key(self) -> signing.DeviceKey:
+        if self._key is None:
+            self._key = signing.DeviceKey.load(signing.key_path(self.path))
+        return self._key
 
     def close(self) -> None:
         self._db.close()
@@ -154,17 +205,22 @@ class ResultStore:
         stored_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         result_json = json.dumps(result, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
         status = str(result.get("status", "unknown"))
+        key = self.key
         with self._transaction():
-            row = self._db.execute("SELECT hash FROM results ORDER BY seq DESC LIMIT 1").fetchone()
-            prev_hash = row[0] if row else GENESIS
+            row = self._db.execute("SELECT seq, hash FROM results ORDER BY seq DESC LIMIT 1").fetchone()
+            prev_hash = row[1] if row else GENESIS
+            seq = row[0] + 1 if row else 1
+            count = self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0] + 1
             digest = _record_hash(prev_hash, result_id, stored_at, patient_id, operator_id, status, result_json)
-            cursor = self._db.execute(
-                "INSERT INTO results (result_id, stored_at, patient_id, operator_id, status, result_json,"
-                " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (result_id, stored_at, patient_id, operator_id, status, result_json, prev_hash, digest))
+            signature = f"{key.id}:{key.sign(count, seq, digest)}"
+            self._db.execute(
+                "INSERT INTO results (seq, result_id, stored_at, patient_id, operator_id, status, result_json,"
+                " prev_hash, hash, chain_count, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, result_id, stored_at, patient_id, operator_id, status, result_json, prev_hash, digest, count,
+                 signature))
             self._db.executemany("INSERT INTO thumbnails (result_id, analyte, png) VALUES (?, ?, ?)",
                                  [(result_id, a, png) for a, png in (thumbnails or {}).items()])
-            stored = StoredResult(cursor.lastrowid, result_id, stored_at, patient_id, operator_id, result, digest)
+            stored = StoredResult(seq, result_id, stored_at, patient_id, operator_id, result, digest, count, signature)
             if status == "ok" and for_lab:
                 self._db.execute("INSERT INTO outbox (result_id) VALUES (?)", (result_id,))
                 if judge is not None and patient_id is not None:
@@ -175,22 +231,81 @@ class ResultStore:
                             " alert_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (str(uuid.uuid4()), result_id, patient_id, alert["rule_id"], alert["severity"],
                              alert["condition_key"], json.dumps(alert, sort_keys=True), stored_at))
+        self._checkpoint_after_commit()
         return stored
+
+    def _checkpoint_after_commit(self) -> None:
+        """The stored head, out to the checkpoint file. The record is committed whatever happens here:
+        a failure (a full disk) leaves the checkpoint one step behind, which `examine` tolerates for
+        records that carry their own signature, and the next commit catches up."""
+        try:
+            self.write_checkpoint()
+        except OSError as exc:
+            log.warning("checkpoint not updated", extra={"fields": {"error": exc.strerror or str(exc)}})
+
+    def write_checkpoint(self) -> signing.Checkpoint | None:
+        """Write the newest signed head beside the database (None: nothing signed yet). The head is
+        read under the checkpoint's lock, so concurrent writers leave the newest one in the file."""
+        target = signing.checkpoint_path(self.path)
+        with signing.checkpoint_lock(target):
+            row = self._db.execute("SELECT seq, hash, chain_count, signature FROM results WHERE signature IS NOT NULL"
+                                   " ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is None:
+                return None
+            key_id, _, signature = row[3].partition(":")
+            return signing.write_checkpoint(target, row[2], row[0], row[1], signature, key_id)
+
+    def seal(self) -> bool:
+        """Sign the head of a store written before signing existed (its earlier records are vouched
+        for by the hash chain up to it) and write the checkpoint; True when the store had none."""
+        if signing.checkpoint_path(self.path).exists():
+            return False
+        with self._transaction():
+            row = self._db.execute("SELECT seq, hash, signature FROM results ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is not None and row[2] is None:
+                count = self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+                self._db.execute("UPDATE results SET chain_count = ?, signature = ? WHERE seq = ?",
+                                 (count, f"{self.key.id}:{self.key.sign(count, row[0], row[1])}", row[0]))
+        return self.write_checkpoint() is not None
+
+    def backup(self, destination: Path | str) -> signing.Checkpoint | None:
+        """A consistent copy by SQLite's online backup API (the service may go on storing meanwhile),
+        with the checkpoint of the copied head beside it: restoring is copying both back."""
+        destination = Path(destination)
+        if destination.exists():
+            raise FileExistsError(f"{destination} exists: choose a new name")
+        partial = destination.with_name(f".{destination.name}.partial")
+        target = sqlite3.connect(partial)
+        try:
+            self._db.backup(target)
+            row = target.execute("SELECT seq, hash, chain_count, signature FROM results WHERE signature IS NOT NULL"
+                                 " ORDER BY seq DESC LIMIT 1").fetchone()
+            target.close()
+            with open(partial, "rb") as written:
+                os.fsync(written.fileno())
+        except BaseException:
+            target.close()
+            partial.unlink(missing_ok=True)
+            raise
+        os.replace(partial, destination)
+        if row is None:
+            return None
+        key_id, _, signature = row[3].partition(":")
+        return signing.write_checkpoint(signing.checkpoint_path(destination), row[2], row[0], row[1], signature,
+                                        key_id)
 
     def history(self, patient_id: str | None = None, limit: int | None = None) -> list[StoredResult]:
         """Newest first; one patient's or everyone's."""
-        query = "SELECT seq, result_id, stored_at, patient_id, operator_id, result_json, hash FROM results"
+        query = f"SELECT {self._columns} FROM results"
         args: tuple = ()
         if patient_id is not None:
             query, args = query + " WHERE patient_id = ?", (patient_id,)
         query += " ORDER BY seq DESC" + (f" LIMIT {int(limit)}" if limit else "")
-        return [StoredResult(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
-                for r in self._db.execute(query, args)]
+        return [_stored(r) for r in self._db.execute(query, args)]
 
     def get(self, seq: int) -> StoredResult | None:
-        row = self._db.execute("SELECT seq, result_id, stored_at, patient_id, operator_id, result_json, hash"
-                               " FROM results WHERE seq = ?", (seq,)).fetchone()
-        return StoredResult(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6]) if row else None
+        row = self._db.execute(f"SELECT {self._columns} FROM results WHERE seq = ?", (seq,)).fetchone()
+        return _stored(row) if row else None
 
     def alerts(self, patient_id: str | None = None, open_only: bool = False, result_id: str | None = None,
                delivery: str | None = None, limit: int = 200) -> list[dict]:
@@ -217,6 +332,11 @@ class ResultStore:
         return self._db.execute("UPDATE alerts SET acknowledged_by = ?, acknowledged_at = ? WHERE id = ? AND"
                                 " acknowledged_at IS NULL", (by, at, alert_row)).rowcount == 1
 
+    def reopen(self, alert_row: int) -> bool:
+        """Undo an acknowledgement made by mistake: the alert is open again."""
+        return self._db.execute("UPDATE alerts SET acknowledged_by = NULL, acknowledged_at = NULL WHERE id = ? AND"
+                                " acknowledged_at IS NOT NULL", (alert_row,)).rowcount == 1
+
     def pending_alerts(self) -> list[dict]:
         """Alerts the clinic has not yet received, oldest first."""
         return list(reversed(self.alerts(delivery="pending", limit=10_000)))
@@ -236,10 +356,9 @@ class ResultStore:
     def pending(self, after_seq: int = 0, limit: int = 100) -> list[StoredResult]:
         """Results waiting for the lab, oldest first, from after `after_seq`."""
         rows = self._db.execute(
-            "SELECT r.seq, r.result_id, r.stored_at, r.patient_id, r.operator_id, r.result_json, r.hash"
-            " FROM outbox o JOIN results r USING (result_id) WHERE o.state = 'pending' AND r.seq > ?"
-            " ORDER BY r.seq LIMIT ?", (after_seq, limit))
-        return [StoredResult(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
+            f"SELECT {self._columns} FROM outbox o JOIN results r USING (result_id) WHERE o.state = 'pending'"
+            " AND r.seq > ? ORDER BY r.seq LIMIT ?", (after_seq, limit))
+        return [_stored(r) for r in rows]
 
     def deliveries(self, result_id: str) -> dict[str, str]:
         """Destination -> the lab's reference, for each lab that already acknowledged this result."""
@@ -271,16 +390,10 @@ class ResultStore:
 
     def verify(self) -> ChainReport:
         """Walk the chain from the first record: every hash must recompute and link to the last."""
-        prev, count = GENESIS, 0
-        rows = self._db.execute("SELECT seq, result_id, stored_at, patient_id, operator_id, status, result_json,"
-                                " prev_hash, hash FROM results ORDER BY seq")
-        for seq, result_id, stored_at, patient, operator, status, result_json, prev_hash, digest in rows:
-            count += 1
-            if prev_hash != prev:
-                return ChainReport(count, seq, "a record before this one was removed or inserted")
-            if _record_hash(prev_hash, result_id, stored_at, patient, operator, status, result_json) != digest:
-                return ChainReport(count, seq, "this record was altered after it was stored")
-            prev = digest
+        count = 0
+        for count, (row, fault) in enumerate(_chain(self._db.execute(f"SELECT {_CHAIN} FROM results ORDER BY seq")), 1):
+            if fault:
+                return ChainReport(count, row[0], fault)
         return ChainReport(count, None, None)
 
     def integrity(self) -> str:
@@ -289,9 +402,8 @@ class ResultStore:
 
     def iter_results(self) -> Iterator[StoredResult]:
         """Oldest first, for export."""
-        for r in self._db.execute("SELECT seq, result_id, stored_at, patient_id, operator_id, result_json, hash"
-                                  " FROM results ORDER BY seq"):
-            yield StoredResult(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
+        for r in self._db.execute(f"SELECT {self._columns} FROM results ORDER BY seq"):
+            yield _stored(r)
 
 
 class _Transaction:
@@ -306,5 +418,259 @@ class _Transaction:
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+        finally:               # a failed COMMIT (a full disk) must not leave the transaction open
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
         return False
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write to the file. A WAL database on a read-only medium whose
+    shared-memory file is gone can only be opened as immutable (nobody can be writing it)."""
+    if not path.exists():
+        raise sqlite3.OperationalError(f"no database at {path}")
+    uri = f"file:{path.resolve()}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        return db
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK):
+            raise
+    return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+
+
+@dataclass
+class Examination:
+    """What `examine` found: `damaged` when SQLite itself cannot read the file soundly; `problems`
+    (each naming records and why) when it was damaged or tampered with; `notes` that are no fault."""
+    records: int = 0
+    head_seq: int | None = None
+    damaged: bool = False
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checkpoint: signing.Checkpoint | None = None
+    hash_at_checkpoint: str | None = None      # the stored hash of the record the checkpoint names
+    signed: int = 0                            # records carrying a signature
+
+    @property
+    def sound(self) -> bool:
+        return not self.problems
+
+
+def examine(path: Path | str, key: signing.PublicKey | None, thorough: bool = True) -> Examination:
+    """Check a store without writing to it: SQLite's integrity check (quick unless `thorough`),
+    the hash chain, the records' signatures (all when `thorough`, else those newer than the
+    checkpoint) and the checkpoint beside the file (its signature and whether the store still
+    reaches it). `key` None: signatures are not checked (said in a note)."""
+    path = Path(path)
+    found = Examination()
+    try:
+        found.checkpoint = signing.read_checkpoint(signing.checkpoint_path(path))
+    except ValueError as exc:
+        found.problems.append(str(exc))
+    if path.exists() and path.stat().st_size > 0:
+        try:
+            _examine_file(path, key, thorough, found)
+        except sqlite3.DatabaseError as exc:
+            found.damaged = True
+            found.problems.append(f"the database file is damaged: {exc}")
+            return found
+    elif not path.exists():
+        found.notes.append("no database file yet")
+    if found.damaged:
+        return found
+    _compare_checkpoint(found, key)
+    return found
+
+
+def _cut_short(path: Path) -> str | None:
+    """SQLite reads a missing end of the file as zeros, so a file cut short can pass its checks:
+    it only ever writes whole pages, and without a WAL the header's page count is the file's."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        header = file.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return None                                       # not a database at all: SQLite says so
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if size % page_size:
+        return f"the file ends part-way through a page ({size} bytes, pages of {page_size}): it was cut short"
+    pages = int.from_bytes(header[28:32], "big")
+    wal = path.with_name(path.name + "-wal")
+    if header[24:28] == header[92:96] and pages * page_size > size and not (wal.exists() and wal.stat().st_size):
+        return f"the file holds {size // page_size} pages but its header counts {pages}: it was cut short"
+    return None
+
+
+def _examine_file(path: Path, key, thorough: bool, found: Examination) -> None:
+    short = _cut_short(path)
+    if short:
+        found.damaged = True
+        found.problems.append(f"the database file is damaged: {short}")
+        return
+    db = connect_readonly(path)
+    try:
+        check = [row[0] for row in db.execute(f"PRAGMA {'integrity_check' if thorough else 'quick_check'}(20)")]
+        if check != ["ok"]:
+            found.damaged = True
+            found.problems.append("the database file is damaged: " + "; ".join(check[:3]))
+            return
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone():
+            return
+        columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+        signed = "chain_count, signature" if "signature" in columns else "NULL, NULL"
+        since = found.checkpoint.seq if found.checkpoint and not thorough else 0
+        unsigned, mismatched = [], []
+        signed_yet = False
+        for row, fault in _chain(db.execute(f"SELECT {_CHAIN}, {signed} FROM results ORDER BY seq")):
+            seq, digest, count, sig = row[0], row[8], row[9], row[10]
+            found.records, found.head_seq = found.records + 1, seq
+            if fault:
+                found.problems.append(f"record #{seq}: {fault}")
+            if found.checkpoint and seq == found.checkpoint.seq:
+                found.hash_at_checkpoint = digest
+            if sig is None:
+                if signed_yet:
+                    unsigned.append(seq)
+                continue
+            signed_yet, found.signed = True, found.signed + 1
+            if key is not None and seq > since and not _signed_by(key, sig, count, seq, digest):
+                mismatched.append(seq)
+        if unsigned:
+            found.problems.append(f"{_records(unsigned)} carry no signature: added without the device key")
+        if mismatched:
+            found.problems.append(f"{_records(mismatched)}: the signature does not match (record #{mismatched[0]} "
+                                  "was altered and the hash chain recomputed after it, or signed by another key)")
+        if key is None and signed_yet:
+            found.notes.append("signatures not checked: the device key is not readable here (pass --public-key)")
+    finally:
+        db.close()
+
+
+def _chain(rows):
+    """Each row (seq first, then `_CHAIN`'s columns) with what is wrong with its link, or None."""
+    prev = GENESIS
+    for row in rows:
+        seq, result_id, stored_at, patient, operator, status, result_json, prev_hash, digest = row[:9]
+        fault = None
+        if prev_hash != prev:
+            fault = "a record before this one was removed or inserted"
+        elif _record_hash(prev_hash, result_id, stored_at, patient, operator, status, result_json) != digest:
+            fault = "this record was altered after it was stored"
+        prev = digest
+        yield row, fault
+
+
+def _signed_by(key: signing.PublicKey, signature: str, count: int, seq: int, digest: str) -> bool:
+    key_id, _, value = signature.partition(":")
+    return key_id == key.id and key.verify(value, count, seq, digest)
+
+
+def _records(seqs: list[int]) -> str:
+    """"record #4" or "records #4-#9" (or the first few of a scattered list)."""
+    if len(seqs) == 1:
+        return f"record #{seqs[0]}"
+    if seqs == list(range(seqs[0], seqs[-1] + 1)):
+        return f"records #{seqs[0]}-#{seqs[-1]}"
+    return "records " + ", ".join(f"#{s}" for s in seqs[:8]) + (" ..." if len(seqs) > 8 else "")
+
+
+def _compare_checkpoint(found: Examination, key: signing.PublicKey | None) -> None:
+    """Does the store still reach the head its checkpoint vouches for?"""
+    point = found.checkpoint
+    if point is None:
+        if found.signed:
+            found.problems.append(f"the checkpoint beside the database is missing although {found.signed} record(s)"
+                                  f" up to #{found.head_seq} are signed: it was removed, and records after "
+                                  f"#{found.head_seq} may have gone with it")
+        elif found.records:
+            found.notes.append("no checkpoint yet (a store from before signing: the service writes one when it "
+                               "starts)")
+        return
+    if key is not None and not point.valid_under(key):
+        found.problems.append(f"the checkpoint (written {point.written_at}) is not signed by this device's key "
+                              f"{key.id} (it names key {point.key_id}): replaced or forged")
+    if found.records < point.count or (found.head_seq or 0) < point.seq:
+        held = (f"the store holds {found.records} record(s), newest #{found.head_seq}" if found.records
+                else "the store is empty (the file was emptied, truncated or replaced)")
+        missing = _records(list(range((found.head_seq or 0) + 1, point.seq + 1)))
+        found.problems.append(f"{missing} missing: the checkpoint written {point.written_at} vouches for "
+                              f"{point.count} record(s) up to #{point.seq}, {held}")
+        return
+    if found.hash_at_checkpoint != point.hash:
+        found.problems.append(f"record #{point.seq} no longer has the hash its signed checkpoint names: a record at"
+                              " or before it was altered and the hash chain recomputed")
+        return
+    found.notes.append(f"checkpoint: {point.count} record(s) up to #{point.seq}, written {point.written_at}"
+                       + (f"; {found.head_seq - point.seq} newer record(s), each signed"
+                          if found.head_seq > point.seq else ""))
+
+
+
+class StoreUnavailable(Exception):
+    """The service cannot keep results at all (a read-only data folder, an unreadable key): a clear
+    message for the operator, not a traceback."""
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """A failure of the medium or the file (full, read-only, I/O error, damaged), not of the code:
+    the reading is kept and storing it is tried again later."""
+    return isinstance(exc, OSError) or type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+def open_for_service(path: Path | str) -> ResultStore:
+    """The store the service writes into, after checking it: a damaged or tampered file is never
+    written to: it is set aside (with its WAL and checkpoint) for a technician and a fresh store
+    takes its name; a store from before signing gets its checkpoint."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot create the data folder {folder}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise StoreUnavailable(f"the data folder {folder} is read-only: results cannot be stored (remount it "
+                               "read-write or point STRIPREAD_DATA / --db at a writable folder)")
+    try:
+        key = signing.DeviceKey.load(signing.key_path(path))
+    except (OSError, ValueError) as exc:
+        raise StoreUnavailable(f"the device key {signing.key_path(path)} cannot be read or created: {exc}") from None
+    found = examine(path, key, thorough=False)
+    if not found.sound:
+        kept = set_aside(path)
+        what = "damaged" if found.damaged else "damaged or tampered with"
+        log.error(f"result store {what}: {found.problems[0]}; kept as {kept.name} for a technician, storing into a "
+                  f"fresh {path.name}", extra={"fields": {"problems": len(found.problems), "kept": str(kept)}})
+    try:
+        store = ResultStore(path, key)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"the result store {path} cannot be opened for writing: {exc}") from None
+    try:
+        if store.seal():
+            log.info("checkpoint written for a store from before signing", extra={"fields": {"records": found.records}})
+        elif found.checkpoint and found.head_seq and found.head_seq > found.checkpoint.seq:
+            store.write_checkpoint()          # the last commit before a crash, not yet checkpointed
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("checkpoint not written", extra={"fields": {"error": str(exc)}})
+    return store
+
+
+def set_aside(path: Path) -> Path:
+    """Rename the store's files (database, WAL, shared memory, checkpoint) to `<name>.damaged-<UTC
+    time><suffix>`, bytes untouched; return the new database name."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    kept = path.with_name(f"{path.stem}.damaged-{stamp}{path.suffix}")
+    n = 1
+    while kept.exists():
+        n += 1
+        kept = path.with_name(f"{path.stem}.damaged-{stamp}-{n}{path.suffix}")
+    for tail in ("", "-wal", "-shm", ".checkpoint"):
+        source = path.with_name(path.name + tail)
+        if source.exists():
+            os.replace(source, kept.with_name(kept.name + tail))
+    signing.fsync_folder(path.parent)
+    return kept
