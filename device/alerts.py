@@ -491,17 +491,24 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "within_days": _positive, "min_rise": _positive, "min_confidence": _fraction}
 
 
+def reading_alerts(rules: Sequence[Rule], history) -> list[Alert]:
+    """Every alert the newest of `history` (StoredResults, oldest first) raises, open ones elsewhere
+    or not: what the reading itself says, for the store's hook and for the screen that shows it. A
+    record the rules cannot read (a product no longer on the reader) raises none, and is logged."""
+    readings = [Reading(r.seq, datetime.fromisoformat(r.result.get("provenance", {}).get("captured_at")
+                                                      or r.stored_at), r.result) for r in history]
+    try:
+        return evaluate(rules, readings)
+    except (SpecError, ValueError) as exc:
+        log.warning("alert rules skipped a reading", extra={"fields": {"record": history[-1].seq,
+                                                                       "reason": type(exc).__name__}})
+        return []
+
+
 def judge(rules: Sequence[Rule]):
     """The result store's hook (`ResultStore.add(judge=...)`): the alerts a patient's newest stored
-    reading raises over their history, minus those already open. A record the rules cannot read
-    (a product no longer on the reader) costs the alert, never the result."""
+    reading raises over their history, minus those already open; a reading the rules cannot read
+    costs the alert, never the result."""
     def raise_alerts(history, open_alerts: list[dict]) -> list[dict]:
-        readings = [Reading(r.seq, datetime.fromisoformat(r.result.get("provenance", {}).get("captured_at")
-                                                          or r.stored_at), r.result) for r in history]
-        try:
-            return [alert.to_dict() for alert in new_alerts(evaluate(rules, readings), open_alerts)]
-        except (SpecError, ValueError) as exc:
-            log.warning("alert rules skipped a reading", extra={"fields": {"record": history[-1].seq,
-                                                                           "reason": type(exc).__name__}})
-            return []
+        return [alert.to_dict() for alert in new_alerts(reading_alerts(rules, history), open_alerts)]
     return raise_alerts

@@ -63,6 +63,11 @@ class ReaderService:
         with self._lock:
             self._requested = (patient_id, operator_id, purpose)
 
+    def withdraw_request(self) -> None:
+        """The screen's Cancel before the strip went in: the next strip is nobody's in particular."""
+        with self._lock:
+            self._requested = None
+
     def serve(self) -> int:
         board, clock, stop = self.session.board, self.session.clock, self.session.stop
         log.info("reader ready", extra={"fields": {"product": self.session.product.id,

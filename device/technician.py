@@ -147,25 +147,37 @@ def _history(records, control) -> dict:
 
 def qc_run(args) -> int:
     """Read the control strips (photos, or timed sessions on the reader) and judge the run."""
-    from calibration.qc import evaluate_run
     from calibration.records import Records
-    from device.calibrations import qc_status
     controls = [_control(name) for name in args.control]
     if args.photo and len(args.photo) != len(controls):
         print("give one --photo per --control, in the same order", file=sys.stderr)
         return EXIT_USAGE
     results = _read_photos(args) if args.photo else _read_controls_on_the_reader(args, [c for c, _ in controls])
     with Records(args.db) as records:
-        histories = {control.id: _history(records, control) for control, _ in controls}
-        runs = evaluate_run([(control, result) for (control, _), result in zip(controls, results)], histories)
-        for (control, text), run, result in zip(controls, runs, results):
-            records.add("qc", control.id, {"passed": run.passed, "run": run.to_dict(), "control_toml": text,
-                                           "image_sha256": result.get("provenance", {}).get("image_sha256")},
-                        operator=args.operator)
-            print(f"{control.id} ({control.material_lot}): {'PASS' if run.passed else 'FAIL'} - {run.summary}")
-        status = qc_status(records)
+        runs, status = judge_qc_run(records, controls, results, args.operator)
+    for (control, _), run in zip(controls, runs):
+        print(f"{control.id} ({control.material_lot}): {'PASS' if run.passed else 'FAIL'} - {run.summary}")
     print(status.message)
     return EXIT_OK if all(run.passed for run in runs) else EXIT_REFUSED
+
+
+def judge_qc_run(records, controls, results: list[dict], operator: str | None):
+    """Judge control strips' readings against their targets and earlier runs (Westgard), store
+    each run, and return (the runs, the QC status after them): the CLI's and the web page's QC."""
+    from calibration.qc import evaluate_run
+    from device.calibrations import qc_status
+    histories = {control.id: _history(records, control) for control, _ in controls}
+    runs = evaluate_run([(control, result) for (control, _), result in zip(controls, results)], histories)
+    for (control, text), run, result in zip(controls, runs, results):
+        records.add("qc", control.id, {"passed": run.passed, "run": run.to_dict(), "control_toml": text,
+                                       "image_sha256": result.get("provenance", {}).get("image_sha256")},
+                    operator=operator)
+    return runs, qc_status(records)
+
+
+def qc_guidance(control) -> str:
+    """What the technician does with a control strip (the CLI prints it; the web page shows it)."""
+    return f"Dip a strip in {control.name} (lot {control.material_lot}) and put it in the tray."
 
 
 def _read_photos(args) -> list[dict]:
@@ -186,7 +198,7 @@ def _read_controls_on_the_reader(args, controls) -> list[dict]:
         session = ReadingSession(reader, board, camera, store, clock,
                                  on_progress=lambda message: print(f"  {message}", flush=True))
         for control in controls:
-            print(f"Dip a strip in {control.name} (lot {control.material_lot}) and put it in the tray.")
+            print(qc_guidance(control))
             if rig is not None:            # the simulated technician dips it
                 rig.hand_in_new_strip(levels={a.analyte: a.target for a in control.analytes})
             report = session.run(operator_id=args.operator, purpose="qc")

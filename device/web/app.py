@@ -1,19 +1,27 @@
-"""The reader's local web interface (FastAPI, server-rendered pages, no external files): patients and
-nurses start a test, watch the read windows count down with the camera's view, read the result with
-each pad beside its chart colour and what to do next, and look back at a patient's trends;
-technicians (logged in) see calibration records, QC with Levey-Jennings charts, the lab sync with a
-retry, and the device's health. Every page's data is also JSON under /api (its OpenAPI schema at /openapi.json).
+"""The reader's local web interface (FastAPI, server-rendered pages, no external files).
+
+A patient (or a nurse beside them) starts a test (or, when quality control has locked the reader,
+is told so and whom to contact before dipping a strip), watches the read times count down by pad
+with the camera's view (the page works without JavaScript: it refreshes itself), may cancel, and
+reads the result: a one-line verdict, the pads that need attention first, levels with units and
+reference ranges, what to do next, and the safety messages of the reading itself. Staff log in: a
+nurse sees the clinic view (alerts to review; acknowledging an urgent one takes a note and can be
+undone) and patients' histories with trend plots; a technician also runs QC from the page and sees
+calibration records, Levey-Jennings charts, the lab sync and the device's health. Every page's data
+is also JSON under /api (its OpenAPI schema at /openapi.json).
 
 Request paths carry patient ids, so the server keeps no access log; what it logs names no patient.
 Its defences against hostile clients (login throttle, id formats, security headers, the last-resort
-error handler) are in device/web/security.py.
+error handler) are in device/web/security.py; what a record means on screen is in views.py.
 """
 from __future__ import annotations
 
 import io
+import os
 import re
 import secrets
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -26,8 +34,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
+from device.web import views
 from device.web.auth import Accounts, csrf_ok, same_secret
-from device.web.plain import next_steps, trend_svg
+from device.web.clinic import NOTE_MAX, AlertNotes
+from device.web.plain import level_words, levey_jennings_svg, plain_name, trend_svg, unit_words
 from device.web.security import (LIMIT_MAX, NAME, PASSWORD_MAX, PATIENT_ID, PATIENT_ID_RULE, SEQ_MAX, USERNAME_MAX,
                                  Hardening, LoginBusy, LoginGuard)
 
@@ -36,6 +46,9 @@ SESSION_COOKIE, FORM_COOKIE = "sr_session", "sr_form"
 SEVERITY_ORDER = ("info", "warning", "urgent")
 INSERT_DELAY_S = 2.0       # simulated reader: the patient puts the strip in two seconds after "start"
 FORM_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")   # secrets.token_urlsafe(24): anything else is not ours
+CONTROLS = ("negative", "positive")             # the control materials shipped with the reader
+DEFAULT_CONTACT = "the technician who looks after this reader"
+REFRESH_S = 3              # the live page without JavaScript reloads itself this often
 
 # Every id and number that reaches the app, bounded where it enters (FastAPI answers a mismatch 422
 # on the API; the pages show the rule in words, see `bad_request`).
@@ -48,7 +61,9 @@ RULES = {"seq": f"a record number is a whole number from 1 to {SEQ_MAX}",
          "limit": f"limit is a whole number from 1 to {LIMIT_MAX}",
          "analyte": "an analyte is a short code such as GLU", "control_id": "a control id is 1 to 64 letters, "
          "digits, '.', '_' or '-'", "username": f"a name has at most {USERNAME_MAX} characters",
-         "password": f"a password has at most {PASSWORD_MAX} characters"}
+         "password": f"a password has at most {PASSWORD_MAX} characters", "after": "after is a session count",
+         "control": "the control is negative or positive", "note": f"a note has at most {NOTE_MAX} characters"}
+ALLOWED_NEXT = ("/clinic", "/tech", "/history")   # where a login may send its user on
 
 
 class Problem(BaseModel):
@@ -70,6 +85,10 @@ class WebContext:
     https: bool = False
     login_everywhere: bool = False  # a clinic's network: every page needs a logged-in staff member
     login_guard: LoginGuard | None = None   # the login throttle (one is made when not given)
+    rules: list | None = None       # the alert rules (device.alerts.load_rules(); the shipped ones when None)
+    lab: bool = False               # a lab is configured: alerts are sent to a clinic
+    contact: str | None = None      # whom a patient contacts when QC locks the reader ($STRIPREAD_CONTACT)
+    charts: dict = field(default_factory=dict)   # Levey-Jennings PNGs by (control, newest run id)
 
 
 def create_app(context: WebContext) -> FastAPI:
@@ -78,40 +97,53 @@ def create_app(context: WebContext) -> FastAPI:
                   docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.filters["plain"] = plain_name
     product = context.product
     guard = context.login_guard or LoginGuard()
+    contact = context.contact or os.environ.get("STRIPREAD_CONTACT") or DEFAULT_CONTACT
+    if context.rules is None:
+        from device.alerts import load_rules
+        context.rules = load_rules()
+    started: dict[str, int | None] = {"after": None}     # the session count when this page last started a test
+    chart_lock = threading.Lock()
 
     @app.middleware("http")
     async def staff_only(request: Request, call_next):
         """With `login_everywhere`, patients' pages and data too are for logged-in staff only."""
         public = request.url.path in ("/tech/login", "/openapi.json") or request.url.path.startswith("/static/")
-        if context.login_everywhere and not public and technician(request) is None:
+        if context.login_everywhere and not public and staff(request) is None:
             if request.url.path.startswith("/api/"):
                 return JSONResponse({"detail": "log in first"}, status_code=401)
             return RedirectResponse("/tech/login", status_code=303)
         return await call_next(request)
 
-    def page(request: Request, name: str, **values) -> HTMLResponse:
+    def page(request: Request, name: str, status_code: int = 200, **values) -> HTMLResponse:
         form_token = request.cookies.get(FORM_COOKIE, "")
         if not FORM_TOKEN.fullmatch(form_token):
             form_token = secrets.token_urlsafe(24)
-        response = templates.TemplateResponse(request, name, {"form_token": form_token, **values})
+        response = templates.TemplateResponse(request, name, {"form_token": form_token, "user": staff(request),
+                                                              **values}, status_code=status_code)
         response.set_cookie(FORM_COOKIE, form_token, httponly=True, samesite="strict", secure=context.https)
         return response
 
-    def technician(request: Request):
+    def staff(request: Request):
         with Accounts(context.db) as accounts:
             return accounts.session(request.cookies.get(SESSION_COOKIE))
 
-    def require_technician(request: Request):
-        session = technician(request)
+    def require(request: Request, role: str):
+        """The logged-in session, if its role may do what `role` does; otherwise to the login
+        page (coming back here after it), or a refusal for a nurse on a technician's page."""
+        session = staff(request)
         if session is None:
-            raise HTTPException(303, headers={"Location": "/tech/login"})
+            back = request.url.path if request.url.path in ALLOWED_NEXT else ""
+            raise HTTPException(303, headers={"Location": "/tech/login" + (f"?next={back}" if back else "")})
+        if not session.may(role):
+            raise HTTPException(403, f"This page is for a {role}: you are logged in as a {session.role}.")
         return session
 
-    def technician_form(request: Request, csrf: str):
-        """A technician's state-changing form: logged in, and the session's CSRF token echoed."""
-        session = require_technician(request)
+    def staff_form(request: Request, csrf: str, role: str):
+        """A staff member's state-changing form: logged in with the role, and the session's CSRF token echoed."""
+        session = require(request, role)
         if not csrf_ok(session, csrf):
             raise HTTPException(403, "missing or wrong CSRF token")
         return session
@@ -125,36 +157,70 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home(request: Request):
-        return page(request, "home.html", reader=reader_state(), lock=qc_lock())
+        return page(request, "home.html", reader=reader_state(), qc=qc_state(), busy=in_progress())
 
     @app.get("/test", response_class=HTMLResponse, include_in_schema=False)
     def start_form(request: Request):
-        return page(request, "start.html", lock=qc_lock(), live=context.service is not None)
+        return start_page(request)
+
+    def start_page(request: Request, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+        return page(request, "start.html", status_code, qc=qc_state(), live=context.service is not None,
+                    busy=in_progress(), after=started["after"], error=error, total_s=max(read_times(), default=0))
 
     @app.post("/test", include_in_schema=False)
     def start_test(request: Request, patient_id: str = Form(""), form_token: str = Form("")):
         form_ok(request, form_token)
         patient = patient_id.strip() or None
         if patient is not None and not re.fullmatch(PATIENT_ID, patient):
-            response = page(request, "start.html", lock=qc_lock(), live=context.service is not None,
-                            error=f"Not started: {PATIENT_ID_RULE}.")
-            response.status_code = 400
-            return response
+            return start_page(request, f"Not started: {PATIENT_ID_RULE}.", 400)
         if context.service is None:
             raise HTTPException(409, "No reader is running here: start `stripread run` or `stripread serve`.")
-        context.service.request_test(patient)
+        if in_progress():          # a second Start would end the running test: offer to go back to it
+            return start_page(request, "Not started: a test is already in progress.", 409)
+        if qc_state()["locked"]:
+            return start_page(request, "Not started: patient tests are locked.", 423)
+        begin(patient, None, "patient")
+        return RedirectResponse(f"/test/live?after={started['after']}", status_code=303)
+
+    def begin(patient: str | None, operator: str | None, purpose: str, levels: dict | None = None) -> None:
+        started["after"] = context.service.sessions
+        context.service.request_test(patient, operator, purpose)
         if context.rig is not None:
-            context.rig.hand_in_new_strip(after_s=INSERT_DELAY_S)
-        return RedirectResponse("/test/live", status_code=303)
+            context.rig.hand_in_new_strip(levels=levels, after_s=INSERT_DELAY_S)
 
     @app.get("/test/live", response_class=HTMLResponse, include_in_schema=False)
-    def live(request: Request):
-        return page(request, "live.html")
+    def live(request: Request, after: Annotated[int | None, Query(ge=0, le=SEQ_MAX)] = None,
+             control: Annotated[str | None, Query(pattern="^(negative|positive)$")] = None):
+        """The running test; once it is stored, its result (a control strip's: its QC verdict)."""
+        state = reader_state()
+        last = state.get("last_record")
+        if after is not None and state.get("sessions", 0) > after and last is not None:
+            target = f"/tech/qc/result/{last['seq']}?control={control}" if control else f"/results/{last['seq']}"
+            return RedirectResponse(target, status_code=303)
+        return page(request, "live.html", state=state, groups=read_groups(state), after=after, control=control,
+                    refresh=REFRESH_S if after is not None else None)
+
+    @app.post("/test/cancel", include_in_schema=False)
+    def cancel(request: Request, form_token: str = Form(""), after: Annotated[int | None, Form(ge=0)] = None):
+        """The screen's Cancel: the board's cancel button, pressed for the running session."""
+        form_ok(request, form_token)
+        service = context.service
+        if service is None or service.session.state.value not in ("armed", "developing"):
+            if service is not None and in_progress():       # started here, strip not in yet
+                service.withdraw_request()
+            started["after"] = None
+            return RedirectResponse("/", status_code=303)
+        from firmware_bridge.host import Event
+        service.session.board.events.put(Event("button", "cancel"))
+        return RedirectResponse(f"/test/live?after={after if after is not None else service.sessions}",
+                                status_code=303)
 
     @app.get("/api/session", responses=NOT_LOGGED_IN)
     def session_state() -> dict:
-        """The reader's state: what it is doing, the read windows left, the last stored record."""
-        return reader_state()
+        """The reader's state: what it is doing, the read times left (with the pads read at each),
+        the last stored record, and the QC lock."""
+        state = reader_state()
+        return {**state, "read_groups": read_groups(state)}
 
     @app.get("/api/session/preview.jpg", include_in_schema=False)
     def preview():
@@ -165,12 +231,23 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/results/{seq}", response_class=HTMLResponse, include_in_schema=False)
     def result_page(request: Request, seq: Seq):
-        record = stored(seq)
         from device.store import ResultStore
         with ResultStore(context.db) as store:
-            alerts = store.alerts(result_id=record["result_id"])
-        return page(request, "result.html", record=record, pads=pad_rows(record), steps=next_steps(record["result"]),
-                    alerts=alerts)
+            record = store.get(seq)
+            if record is None:
+                raise HTTPException(404, f"no record #{seq}")
+            pictured = set(store.thumbnails(record.result_id))
+            if record.patient_id is None:
+                history, filed = [record], []
+            else:
+                history = [r for r in reversed(store.history(record.patient_id, 200)) if r.seq <= seq]
+                filed = store.alerts(patient_id=record.patient_id, limit=1000)
+        result = record.result
+        rows = views.pad_rows(result, pictured) if result.get("status") == "ok" else []
+        line, tone = views.verdict(result, rows)
+        return page(request, "result.html", record=_record_json(record), rows=rows, verdict=line, tone=tone,
+                    qc=views.is_qc(result), steps=views.advice(result, rows),
+                    safety=views.safety(context.rules, record, history, filed, context.lab))
 
     @app.get("/api/results/{seq}", responses={**NOT_LOGGED_IN, **NOT_FOUND})
     def result_json(seq: Seq) -> dict:
@@ -187,7 +264,8 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/history", response_class=HTMLResponse, include_in_schema=False)
     def history(request: Request):
-        return page(request, "history.html", records=results(None, 50))
+        """Patients' readings only: control strips are the technician's (QC records)."""
+        return page(request, "history.html", records=[r for r in results(None, 200) if not r["qc"]][:50])
 
     @app.get("/api/results", responses=NOT_LOGGED_IN)
     def results_json(patient: Annotated[str | None, Query(pattern=PATIENT_ID, description=PATIENT_ID_RULE)] = None,
@@ -201,25 +279,34 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/patients/{patient_id}", response_class=HTMLResponse, include_in_schema=False)
     def patient_page(request: Request, patient_id: PatientId):
-        trends = patient_trends(patient_id)
-        plots = [(t["analyte"], t["name"], trend_svg(t["analyte"], t["levels"], [
-            (p["date"], p["position"], p["confidence"], p["abnormal"]) for p in t["points"]])) for t in trends]
-        return page(request, "patient.html", patient_id=patient_id, plots=plots, records=results(patient_id, 50))
+        plots = [{"id": f"trend-{t['analyte']}", "name": plain_name(t["analyte"]), "unit": unit_words(t["unit"]),
+                  "svg": trend_svg(t["unit"], t["levels"], t["points"], f"trend-{t['analyte']}"),
+                  "points": [{**p, "when": _local(p["at"]), "level_text": level_words(p["level"], t["unit"]),
+                              "value_text": point_value(t, p["value"])} for p in t["points"]]}
+                 for t in patient_trends(patient_id)]
+        return page(request, "patient.html", patient_id=patient_id, plots=plots,
+                    records=[r for r in results(patient_id, 50) if not r["qc"]])
 
     @app.get("/api/patients/{patient_id}/trends", responses={**NOT_LOGGED_IN, **NOT_FOUND})
     def trends_json(patient_id: PatientId) -> list[dict]:
         """Each analyte's readings over time: chart position, confidence, abnormal flag."""
         return patient_trends(patient_id)
 
-    # -- technician ------------------------------------------------------------------------------
+    def point_value(line: dict, value: float | None) -> str | None:
+        """A trend point's estimate rounded as its pad's chart resolves it (None for ratios and nominal pads)."""
+        pad = next((p for p in product.pads if p.analyte == line["analyte"]), None)
+        return views.value_text(pad, value, line["unit"])
+
+    # -- staff ------------------------------------------------------------------------------------
 
     @app.get("/tech/login", response_class=HTMLResponse, include_in_schema=False)
-    def login_form(request: Request):
-        return page(request, "login.html", error=None)
+    def login_form(request: Request, next: Annotated[str | None, Query(max_length=20)] = None):  # noqa: A002
+        return page(request, "login.html", error=None, next=next if next in ALLOWED_NEXT else None)
 
     @app.post("/tech/login", include_in_schema=False)
     def login(request: Request, username: Annotated[str, Form(max_length=USERNAME_MAX)],
-              password: Annotated[str, Form(max_length=PASSWORD_MAX)], form_token: str = Form("")):
+              password: Annotated[str, Form(max_length=PASSWORD_MAX)], form_token: str = Form(""),
+              next: Annotated[str, Form(max_length=20)] = ""):  # noqa: A002
         """Throttled per account and per address (locked out past the allowance, the right password
         included), and at most a couple of password hashes at once."""
         form_ok(request, form_token)
@@ -234,8 +321,12 @@ def create_app(context: WebContext) -> FastAPI:
         guard.record(username, address, succeeded=signed_in is not None)
         if signed_in is None:
             return login_refused(request, "Wrong name or password.", 401)
-        response = RedirectResponse("/tech", status_code=303)
-        response.set_cookie(SESSION_COOKIE, signed_in[0], httponly=True, samesite="strict", secure=context.https,
+        token, session = signed_in
+        landing = next if next in ALLOWED_NEXT else "/tech" if session.role == "technician" else "/clinic"
+        if landing == "/tech" and not session.may("technician"):
+            landing = "/clinic"
+        response = RedirectResponse(landing, status_code=303)
+        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", secure=context.https,
                             max_age=8 * 3600)
         return response
 
@@ -244,15 +335,14 @@ def create_app(context: WebContext) -> FastAPI:
             return accounts.login(username, password)
 
     def login_refused(request: Request, message: str, status: int, retry_after_s: int | None = None) -> HTMLResponse:
-        response = page(request, "login.html", error=message)
-        response.status_code = status
+        response = page(request, "login.html", status, error=message, next=None)
         if retry_after_s is not None:
             response.headers["Retry-After"] = str(retry_after_s)
         return response
 
     @app.post("/tech/logout", include_in_schema=False)
     def logout(request: Request, csrf: str = Form("")):
-        technician_form(request, csrf)
+        staff_form(request, csrf, "nurse")
         with Accounts(context.db) as accounts:
             accounts.logout(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse("/", status_code=303)
@@ -261,54 +351,124 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/tech", response_class=HTMLResponse, include_in_schema=False)
     def technician_page(request: Request):
-        session = require_technician(request)
-        return page(request, "tech.html", user=session.username, csrf=session.csrf, status=technician_status())
+        session = require(request, "technician")
+        return page(request, "tech.html", csrf=session.csrf, status=technician_status(), controls=control_guidance(),
+                    charts=qc_charts(), live=context.service is not None, busy=in_progress())
 
     @app.get("/api/tech/status", responses=NOT_LOGGED_IN)
     def technician_json(request: Request) -> dict:
         """Calibration records, QC, lab sync and device health (technicians only)."""
-        if technician(request) is None:
+        session = staff(request)
+        if session is None or not session.may("technician"):
             raise HTTPException(401, "log in as a technician")
         return technician_status()
 
+    @app.post("/tech/qc/run", include_in_schema=False)
+    def run_qc(request: Request, control: Annotated[str, Form(pattern="^(negative|positive)$")], csrf: str = Form("")):
+        """A control strip read on the reader as a patient's is (the CLI's `qc run`), then judged."""
+        session = staff_form(request, csrf, "technician")
+        if context.service is None:
+            raise HTTPException(409, "No reader is running here: run `stripread qc run` on the reader instead.")
+        if in_progress():
+            raise HTTPException(409, "A test is in progress: wait for it to finish, then run QC.")
+        from device.technician import _control
+        definition, _ = _control(control)
+        begin(None, session.username, "qc", levels={a.analyte: a.target for a in definition.analytes})
+        return RedirectResponse(f"/test/live?after={started['after']}&control={control}", status_code=303)
+
+    @app.get("/tech/qc/result/{seq}", response_class=HTMLResponse, include_in_schema=False)
+    def qc_result(request: Request, seq: Seq, control: Annotated[str, Query(pattern="^(negative|positive)$")]):
+        """The control strip's verdict, judged and stored once (the record of this strip's photo)."""
+        session = require(request, "technician")
+        from calibration.records import Records
+        from device.technician import _control, judge_qc_run
+        record = stored(seq)
+        if not record["qc"]:
+            raise HTTPException(404, f"record #{seq} is not a control strip")
+        if record["result"].get("status") == "aborted":       # no strip was read: nothing to judge or store
+            raise HTTPException(409, f"The control strip was not read: {record['result'].get('message')} "
+                                     "Run QC again from the technician page.")
+        definition, text = _control(control)
+        image = record["result"]["provenance"]["image_sha256"]
+        with Records(context.db) as records:
+            done = next((r for r in records.history("qc", definition.id, limit=20)
+                         if r.payload.get("image_sha256") == image), None)
+            if done is None:
+                runs, _ = judge_qc_run(records, [(definition, text)], [record["result"]], session.username)
+                run = runs[0].to_dict()
+            else:
+                run = done.payload["run"]
+        return page(request, "qc_result.html", control=definition, run=run, seq=seq, qc=qc_state())
+
     @app.get("/tech/qc/{control_id}.png", include_in_schema=False)
     def levey_jennings(request: Request, control_id: Name):
-        require_technician(request)
+        """The chart, drawn once per new run of the control (drawing takes about a second)."""
+        require(request, "technician")
         from calibration.qc import levey_jennings_png
         from calibration.records import Records
         from device.calibrations import control_runs
         with Records(context.db) as records:
-            control, series = control_runs(records, control_id)
-        if control is None:
-            raise HTTPException(404, "no runs of this control")
-        buffer = io.BytesIO()
-        levey_jennings_png(control, series, buffer)
-        return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"})
+            newest = records.latest("qc", control_id)
+            if newest is None:
+                raise HTTPException(404, "no runs of this control")
+            key = (control_id, newest.id)
+            with chart_lock:
+                png = context.charts.get(key)
+            if png is None:
+                control, series = control_runs(records, control_id)
+                buffer = io.BytesIO()
+                levey_jennings_png(control, series, buffer)
+                png = buffer.getvalue()
+                with chart_lock:
+                    context.charts = {k: v for k, v in context.charts.items() if k[0] != control_id}
+                    context.charts[key] = png
+        return Response(png, media_type="image/png")
 
     @app.get("/clinic", response_class=HTMLResponse, include_in_schema=False)
     def clinic(request: Request):
         """Patients needing review: open alerts, newest first, each with the patient's history."""
-        session = require_technician(request)
-        return page(request, "clinic.html", user=session.username, csrf=session.csrf, **clinic_view())
+        session = require(request, "nurse")
+        return page(request, "clinic.html", csrf=session.csrf, note_max=NOTE_MAX, **clinic_view())
 
     @app.get("/api/clinic/alerts", responses=NOT_LOGGED_IN)
     def clinic_json(request: Request) -> dict:
         """Open and recent alerts (clinic staff only)."""
-        if technician(request) is None:
+        if staff(request) is None:
             raise HTTPException(401, "log in as clinic staff")
         return clinic_view()
 
     @app.post("/clinic/alerts/{alert_row}/acknowledge", include_in_schema=False)
-    def acknowledge(request: Request, alert_row: Annotated[int, PathParam(ge=1, le=SEQ_MAX)], csrf: str = Form("")):
-        session = technician_form(request, csrf)
+    def acknowledge(request: Request, alert_row: Annotated[int, PathParam(ge=1, le=SEQ_MAX)], csrf: str = Form(""),
+                    note: Annotated[str, Form(max_length=NOTE_MAX)] = ""):
+        """Closed with a note of what was done (needed for an urgent alert); undone by `reopen`."""
+        session = staff_form(request, csrf, "nurse")
         from device.store import ResultStore
         with ResultStore(context.db) as store:
-            store.acknowledge(alert_row, session.username)
+            alert = next((a for a in store.alerts(limit=10_000) if a["id"] == alert_row), None)
+            if alert is None:
+                raise HTTPException(404, f"no alert #{alert_row}")
+            if alert["severity"] == "urgent" and not note.strip():
+                raise HTTPException(400, "An urgent alert needs a note of what was done (for example: "
+                                         "'phoned the patient, seen today') before it is acknowledged.")
+            if store.acknowledge(alert_row, session.username):
+                with AlertNotes(context.db) as notes:
+                    notes.add(alert_row, "acknowledged", session.username, note.strip())
+        return RedirectResponse("/clinic", status_code=303)
+
+    @app.post("/clinic/alerts/{alert_row}/reopen", include_in_schema=False)
+    def reopen(request: Request, alert_row: Annotated[int, PathParam(ge=1, le=SEQ_MAX)], csrf: str = Form("")):
+        """Undo an acknowledgement: the alert is open again, and the undo is noted."""
+        session = staff_form(request, csrf, "nurse")
+        from device.store import ResultStore
+        with ResultStore(context.db) as store:
+            if store.reopen(alert_row):
+                with AlertNotes(context.db) as notes:
+                    notes.add(alert_row, "reopened", session.username, "acknowledgement undone")
         return RedirectResponse("/clinic", status_code=303)
 
     @app.post("/tech/sync/retry", include_in_schema=False)
     def retry_sync(request: Request, csrf: str = Form("")):
-        technician_form(request, csrf)
+        staff_form(request, csrf, "technician")
         from device.store import ResultStore
         with ResultStore(context.db) as store:
             store.retry_failed()
@@ -320,7 +480,8 @@ def create_app(context: WebContext) -> FastAPI:
             return RedirectResponse(exc.headers["Location"], status_code=303)
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-        return templates.TemplateResponse(request, "error.html", {"message": exc.detail}, status_code=exc.status_code)
+        return templates.TemplateResponse(request, "error.html", {"message": exc.detail, "user": None},
+                                          status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     def bad_request(request: Request, exc: RequestValidationError):
@@ -328,38 +489,90 @@ def create_app(context: WebContext) -> FastAPI:
         (it may be a megabyte). The API answers 422 as its schema says; a page answers 404 for a bad
         path (no such page) and 400 for a bad query or form."""
         def rule(error: dict) -> str:
-            field = str(error["loc"][-1])
-            return f"{field} is missing" if error["type"] == "missing" else RULES.get(field, error["msg"])
+            field_name = str(error["loc"][-1])
+            return f"{field_name} is missing" if error["type"] == "missing" else RULES.get(field_name, error["msg"])
         errors = [{"loc": list(e["loc"]), "type": e["type"], "msg": rule(e)} for e in exc.errors()]
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": errors}, status_code=422)
         status = 404 if any(e["loc"][:1] == ["path"] for e in errors) else 400
         message = "; ".join(dict.fromkeys(e["msg"] for e in errors))
-        return templates.TemplateResponse(request, "error.html", {"message": message[:1].upper() + message[1:] + "."},
-                                          status_code=status)
+        return templates.TemplateResponse(request, "error.html", {"message": message[:1].upper() + message[1:] + ".",
+                                                                  "user": None}, status_code=status)
 
     # -- the data behind the pages ----------------------------------------------------------------
 
-    def reader_state() -> dict:
+    def read_times() -> list[float]:
+        return sorted({pad.read_at_s for pad in product.pads})
+
+    def read_groups(state: dict) -> list[dict]:
+        """Each read time with the pads read then (plain names) and the seconds left, if counting."""
+        elapsed = state.get("elapsed_s")
+        return [{"at_s": t, "pads": [plain_name(p.analyte) for p in product.pads if p.read_at_s == t],
+                 "left_s": None if elapsed is None else max(0, round(t - elapsed))} for t in read_times()]
+
+    def in_progress() -> bool:
+        """A test was started here and is not stored yet, or the reader is reading a strip."""
         service = context.service
         if service is None:
-            return {"running": False, "state": "offline", "lock": qc_lock()}
+            return False
+        if service.session.state.value in ("armed", "developing"):
+            return True
+        return started["after"] is not None and service.sessions == started["after"]
+
+    def reader_state() -> dict:
+        service = context.service
+        qc = qc_state()
+        if service is None:
+            return {"running": False, "state": "offline", "lock": qc["message"] if qc["locked"] else None}
         session = service.session
         elapsed = None if session.dipped_at is None else round(session.clock.now() - session.dipped_at, 1)
+        developing = session.state.value == "developing"
         last = service.last_record
         return {"running": True, "state": session.state.value, "product": session.product.id,
-                "read_times_s": session.read_times, "elapsed_s": elapsed if session.state.value == "developing" else None,
+                "read_times_s": session.read_times, "elapsed_s": elapsed if developing else None,
+                "left_s": max(0, round(max(session.read_times) - elapsed)) if developing and elapsed is not None
+                else None, "total_s": max(session.read_times), "in_progress": in_progress(),
                 "sessions": service.sessions, "preview": session.last_photo is not None,
                 "last_record": None if last is None else {"seq": last.seq, "status": last.result.get("status"),
                                                           "message": last.result.get("message")},
-                "lock": qc_lock()}
+                "lock": qc["message"] if qc["locked"] else None}
 
-    def qc_lock() -> str | None:
+    def qc_state() -> dict:
+        """The QC gate as a patient meets it: locked (with whom to contact), passed, or not set up."""
         from calibration.records import Records
         from device.calibrations import qc_status
         with Records(context.db) as records:
             status = qc_status(records)
-        return status.message if status.locked else None
+            any_run = bool(records.latest_per_subject("qc"))
+        tone = "locked" if status.locked else "ok" if any_run else "neutral"
+        return {"locked": status.locked, "message": status.message, "tone": tone, "contact": contact}
+
+    def control_guidance() -> list[dict]:
+        from device.technician import _control, qc_guidance
+        return [{"name": name, "title": definition.name, "guidance": qc_guidance(definition)}
+                for name, (definition, _) in ((name, _control(name)) for name in CONTROLS)]
+
+    def qc_charts() -> list[dict]:
+        """Each control's runs of its current lot: a Levey-Jennings plot per pad and the runs as a table."""
+        from calibration.records import Records
+        from device.calibrations import control_runs
+        charts = []
+        with Records(context.db) as records:
+            for control_id in sorted(records.latest_per_subject("qc")):
+                control, series = control_runs(records, control_id)
+                panels = []
+                for analyte in (a.pad.analyte for a in control.analytes):
+                    runs = [(run.at.isoformat(), found.z, "failed" if found.rules or not found.in_range else
+                             "warning" if found.warnings else "ok")
+                            for run in series if (found := run.analyte(analyte)) is not None and found.z is not None]
+                    if runs:
+                        label = f"lj-{control_id}-{analyte}"
+                        panels.append({"id": label, "name": plain_name(analyte),
+                                       "svg": levey_jennings_svg(runs, label)})
+                charts.append({"id": control_id, "name": control.name, "lot": control.material_lot, "panels": panels,
+                               "runs": [{"at": _local(run.at.isoformat()), "passed": run.passed, "summary": run.summary}
+                                        for run in reversed(series)][:20]})
+        return charts
 
     def stored(seq: int) -> dict:
         from device.store import ResultStore
@@ -374,21 +587,11 @@ def create_app(context: WebContext) -> FastAPI:
         with ResultStore(context.db) as store:
             return [_record_json(r) for r in store.history(patient, limit)]
 
-    def pad_rows(record: dict) -> list[dict]:
-        rows = []
-        for entry in record["result"].get("analytes", []):
-            pad = _pad(product, entry["analyte"])
-            level = next((lv for lv in pad.levels if lv.code == entry.get("level")), None) if pad else None
-            rows.append({**entry, "name": pad.name if pad else entry["analyte"],
-                         "chart": level.srgb if level else None,
-                         "abnormal": "abnormal" in entry.get("flags", [])})
-        return rows
-
     def patient_trends(patient_id: str) -> list[dict]:
         from device.store import ResultStore
         from device.trends import series
         with ResultStore(context.db) as store:
-            lines = series(list(reversed(store.history(patient_id, 500))))
+            lines = series([r for r in reversed(store.history(patient_id, 500)) if not views.is_qc(r.result)])
         if not lines:
             raise HTTPException(404, "no readings of this patient")
         return lines
@@ -397,6 +600,9 @@ def create_app(context: WebContext) -> FastAPI:
         from device.store import ResultStore
         with ResultStore(context.db) as store:
             recent = store.alerts(limit=200)
+        with AlertNotes(context.db) as notes:
+            written = notes.latest([a["id"] for a in recent])
+        recent = [{**a, "note": written.get(a["id"])} for a in recent]
         open_alerts = [a for a in recent if a["acknowledged_at"] is None]
         patients: dict[str, dict] = {}
         for alert in open_alerts:                       # newest first: the first seen is the newest
@@ -412,10 +618,8 @@ def create_app(context: WebContext) -> FastAPI:
 
     def technician_status() -> dict:
         from calibration.records import Records
-        from device.calibrations import qc_status
         from device.store import ResultStore
         with Records(context.db) as records:
-            qc = qc_status(records)
             latest_qc = {control: {"id": run.id, "at": run.created_at, "passed": run.payload["passed"],
                                    "summary": run.payload["run"]["summary"]}
                          for control, run in records.latest_per_subject("qc").items()}
@@ -425,42 +629,45 @@ def create_app(context: WebContext) -> FastAPI:
             sync = {"counts": store.outbox_counts(),
                     "failed": [{"seq": seq, "attempts": attempts, "error": error}
                                for seq, _, attempts, error in store.failures()]}
-        return {"qc": {"locked": qc.locked, "message": qc.message, "controls": latest_qc},
+        qc = qc_state()
+        return {"qc": {"locked": qc["locked"], "message": qc["message"], "tone": qc["tone"], "controls": latest_qc},
                 "calibrations": calibrations, "sync": sync, "device": device_health()}
 
     def device_health() -> dict:
+        """Each reading of the device with its judgement where it has a range (the strips' climate)."""
         from device.read import device_id, software_version
         health = {"device_id": device_id(), "software": software_version()}
         service = context.service
         if service is None:
-            return {**health, "reader": "not running"}
+            return {**health, "reader": "not running", "checks": []}
+        from device.session import climate_range
         board, session = service.session.board, service.session
-        health.update(camera=session.camera.name, state=session.state.value)
+        health.update(camera=session.camera.name, state=session.state.value, checks=[])
         try:
             climate = board.climate()
             health.update(firmware=".".join(map(str, board.info.firmware_version)),
                           temperature_c=round(climate.temperature_c, 1), humidity_pct=round(climate.humidity_pct, 1))
         except Exception as exc:     # the board may be unplugged: show that instead of failing the page
             health["board"] = f"not answering ({type(exc).__name__})"
+            return health
+        limits = climate_range(session.product)
+        for label, key, unit in (("Temperature", "temperature_c", "°C"), ("Humidity", "humidity_pct", "%")):
+            low, high = limits[key]
+            value = health[key]
+            health["checks"].append({"label": label, "value": f"{value:g} {unit}", "ok": low <= value <= high,
+                                     "range": f"{low:g} to {high:g} {unit}"})
         return health
 
     app.add_middleware(Hardening, https=context.https)     # added last: outermost, so on every response
     return app
 
 
-def _pad(product, analyte: str):
-    return next((p for p in product.pads if p.analyte == analyte), None)
+def _local(stored_at: str) -> str:
+    """A stored UTC time as the reader's local time, to the minute."""
+    return datetime.fromisoformat(stored_at).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def _record_json(record) -> dict:
     return {"seq": record.seq, "result_id": record.result_id, "stored_at": record.stored_at,
-            "stored_at_local": datetime.fromisoformat(record.stored_at).strftime("%Y-%m-%d %H:%M"),
-            "patient_id": record.patient_id, "findings": _findings(record.result), "result": record.result}
-
-
-def _findings(result: dict) -> str:
-    """One line for a list: the abnormal pads, or why there is no reading."""
-    if result.get("status") != "ok":
-        return result.get("outcome") or result.get("error", {}).get("code", "no reading")
-    abnormal = [a["analyte"] for a in result["analytes"] if "abnormal" in a.get("flags", [])]
-    return ", ".join(abnormal) if abnormal else "all within the usual range"
+            "stored_at_local": _local(record.stored_at), "patient_id": record.patient_id,
+            "qc": views.is_qc(record.result), "findings": views.findings(record.result), "result": record.result}

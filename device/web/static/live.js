@@ -1,32 +1,35 @@
-// The live test page: asks the reader for its state twice a second, counts down each read time and
-// shows the camera's latest capture; when the result is stored, opens it.
+// The live test page: asks the reader for its state twice a second, counts down each read time
+// (naming the pads read then) and the time left in all, and shows the camera's latest capture;
+// when the test is stored, opens its result. Without this script the page refreshes itself.
 (function () {
+  const root = document.getElementById("live");
   const state = document.getElementById("state");
+  const total = document.getElementById("total");
   const windows = document.getElementById("windows");
   const preview = document.getElementById("preview");
   const outcome = document.getElementById("outcome");
-  let startedWith = null;
+  const control = root.dataset.control;
+  let startedWith = root.dataset.after === "" ? null : Number(root.dataset.after);
 
   function render(s) {
     if (startedWith === null) startedWith = s.sessions;
     if (s.lock) { outcome.textContent = s.lock; outcome.hidden = false; }
     if (s.sessions > startedWith && s.last_record) {
-      if (s.last_record.status === "ok") { location.href = "/results/" + s.last_record.seq; return; }
-      outcome.textContent = s.last_record.message || "The reading was refused: see the result.";
-      outcome.hidden = false;
-      state.innerHTML = '<a href="/results/' + s.last_record.seq + '">See the stored record</a>';
+      location.href = control ? "/tech/qc/result/" + s.last_record.seq + "?control=" + control
+                              : "/results/" + s.last_record.seq;
       return;
     }
-    state.textContent = {idle: "waiting", armed: "put the strip in the tray", developing: "the pads are developing",
-                         stored: "stored", offline: "no reader running"}[s.state] || s.state;
-    windows.replaceChildren(...(s.read_times_s || []).map(function (t) {
+    state.textContent = {idle: "Put the strip in the tray, pads up, handle first", armed: "Put the strip in the tray",
+                         developing: "The pads are developing", stored: "Stored", offline: "No reader is running"}[s.state]
+                        || s.state;
+    total.textContent = s.left_s === null || s.left_s === undefined
+      ? "about " + (s.total_s || 0) + " s in all once the strip is in" : s.left_s + " s left in all";
+    windows.replaceChildren(...(s.read_groups || []).map(function (g) {
       const li = document.createElement("li");
-      if (s.elapsed_s === null || s.elapsed_s === undefined) { li.textContent = "read at " + t + " s"; }
-      else {
-        const left = Math.ceil(t - s.elapsed_s);
-        li.textContent = left > 0 ? "read in " + left + " s" : "read";
-        li.className = left > 0 ? "pending" : "done";
-      }
+      const pads = document.createElement("strong");
+      pads.textContent = g.pads.join(", ");
+      li.append(pads, ": " + (g.left_s === null ? "read at " + g.at_s + " s" : g.left_s > 0 ? "read in " + g.left_s + " s" : "read"));
+      li.className = g.left_s === 0 ? "done" : "pending";
       return li;
     }));
     if (s.preview) { preview.src = "/api/session/preview.jpg?t=" + Date.now(); preview.hidden = false; }
