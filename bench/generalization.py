@@ -10,9 +10,10 @@ was trained on, plus every fault, and reports:
   nearest colour, the ceiling that ideal physics allows on the same scenes (noiseless, ideal
   geometry, root-polynomial correction on the 24 patches: `simulator.ceiling`), the confidence's
   expected calibration error, and each fault refused with the right code;
-- leave-one-domain-out: for every light family and camera label, the pad model trained (exactly as
-  `stripread train` does, on the training seeds) WITHOUT that domain and tested on it, against
-  nearest colour on the same photos, with the good photos refused there.
+- leave-one-domain-out: for every light family, camera label, reagent-dye model (absorption bands
+  or smooth spectra) and card-ink model (CMYK or smooth), the pad model
+  trained (exactly as `stripread train` does, on the training seeds) WITHOUT that domain and tested
+  on it, against nearest colour on the same photos, with the good photos refused there.
 
 Photos are kept in bench/results/world-photos/ and observed scenes cached in
 bench/results/generalization-cache.pkl (neither committed): a second run only re-fits models, and
@@ -61,7 +62,7 @@ def _rows(args) -> dict:
             seeds = [TEST_SEED * 100_000 + 50_000 + 1000 * k + i for i in range(args.faults)]
             faults += dataset.world_rows(product, "card-v1", seeds, fault=fault, jobs=args.jobs, photos=photos)
         train = dataset.world_rows(product, "card-v1", dataset.training_seeds(TRAIN_SEEDS[product], n_train),
-                                   jobs=args.jobs, photos=photos)
+                                   jobs=args.jobs, photos=photos)   # the shipped models' own training photos
         rows[product] = {"test": test, "faults": faults, "train": train}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(pickle.dumps({"key": key, "rows": rows}))
@@ -175,17 +176,21 @@ class _SklearnPads:
         return level_readings(self.product, charts, probabilities, classes)
 
 
+# the domains held out one at a time: every light family, camera, reagent-dye model and card-ink model
+DOMAINS = {"light": lambda r: r.light_family, "camera": lambda r: r.camera,
+           "dye": lambda r: r.reflectance.split("/")[0], "ink": lambda r: r.reflectance.split("/")[1]}
+
+
 def _lodo(product_id: str, rows: dict) -> dict:
-    """Each light family and camera label held out of training and tested alone."""
+    """Each domain held out of training and tested alone."""
     from calibration.specs import load_product
     from models.pads import NearestChartColour
     product = load_product(product_id)
     table = {}
-    for kind in ("light_family", "camera"):
-        for held in sorted({getattr(r, kind) for r in rows["test"]}):
-            test = [r for r in rows["test"] if getattr(r, kind) == held]
-            train_rows = [r for r in rows["train"] if getattr(r, kind) != held]
-            model = _SklearnPads(product, train_rows)
+    for kind, of in DOMAINS.items():
+        for held in sorted({of(r) for r in rows["test"]}):
+            test = [r for r in rows["test"] if of(r) == held]
+            model = _SklearnPads(product, [r for r in rows["train"] if of(r) != held])
             refused = sum(r.observation is None for r in test)
             entry = {"photos": len(test), "good_refused": refused}
             for name, m in (("model", model), ("nearest", NearestChartColour())):

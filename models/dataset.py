@@ -72,6 +72,7 @@ class SceneRow:
     product: str
     light_family: str
     camera: str
+    reflectance: str           # '<dye model>/<ink model>' of the pads and the card's patches
     fault: str | None
     expected_error: str | None
     observation: StripObservation | None
@@ -84,16 +85,16 @@ class SceneRow:
 def observe_world_scene(job: tuple) -> SceneRow:
     """Render one seeded scene drawn from the whole simulated world (`simulator.world`) and observe
     it as `stripread read` does. `job`: (product, card, seed, fault, light families, camera labels,
-    photo folder or None). With a folder the photo is kept there and reused: re-observing a photo
+    reflectance models, photo folder or None). With a folder the photo is kept there and reused: re-observing a photo
     costs a tenth of rendering it, so a change to the reader is measured on the same photos."""
     from simulator.ceiling import ceiling
     from simulator.scene import FAULTS, photograph, truth_level
-    from simulator.world import domain, random_world_scene
-    product_ref, card_ref, seed, fault, lights, cameras, photos = job
+    from simulator.world import domain, random_world_scene, reflectance_label
+    product_ref, card_ref, seed, fault, lights, cameras, reflectances, photos = job
     product, card = load_product(product_ref), load_card(card_ref)
     rng = np.random.default_rng(seed)
     spec = random_world_scene(rng, product=product, card=card, lights=lights, cameras=cameras, fault=fault,
-                              resolution=TRAIN_RESOLUTIONS[seed % len(TRAIN_RESOLUTIONS)])
+                              reflectances=reflectances, resolution=TRAIN_RESOLUTIONS[seed % len(TRAIN_RESOLUTIONS)])
     path = Path(photos) / f"{product.id}-{fault or 'good'}-{seed}.jpg" if photos else None
     if path is not None and path.is_file():
         data = path.read_bytes()
@@ -109,8 +110,8 @@ def observe_world_scene(job: tuple) -> SceneRow:
     positions = {} if fault == "no_strip" else \
         {p.analyte: None if p.analyte in spec.off_chart else truth_level(spec, p)[0] for p in strip.pads}
     light, camera = domain(spec)
-    return SceneRow(seed, product.id, light, camera, fault, FAULTS.get(fault), observation, refusal, positions,
-                    ceiling(spec) if fault is None else {}, tuple(spec.off_chart))
+    return SceneRow(seed, product.id, light, camera, reflectance_label(spec), fault, FAULTS.get(fault), observation,
+                    refusal, positions, ceiling(spec) if fault is None else {}, tuple(spec.off_chart))
 
 
 @lru_cache(maxsize=4)
@@ -119,12 +120,13 @@ def _observer(card: Card, product: Product) -> StripObserver:
 
 
 def synthetic(product_ref: str, card_ref: str, count: int, seed: int, jobs: int = 1,
-              progress: Callable[[int, int], None] | None = None) -> TrainingSet:
-    """`count` rendered scenes of the product drawn from the whole simulated world."""
+              progress: Callable[[int, int], None] | None = None, photos: Path | None = None) -> TrainingSet:
+    """`count` rendered scenes of the product drawn from the whole simulated world (the photos kept
+    in and reused from `photos`, if given)."""
     product = load_product(product_ref)
     data = TrainingSet(product)
     for row in world_rows(str(product_ref), str(card_ref), training_seeds(seed, count), jobs=jobs,
-                          progress=progress):
+                          progress=progress, photos=photos):
         _collect(data, row.observation and (strip_features(row.observation), row.positions))
     return data
 
@@ -134,10 +136,11 @@ def training_seeds(seed: int, count: int) -> list[int]:
 
 
 def world_rows(product_ref: str, card_ref: str, seeds: Iterable[int], fault: str | None = None,
-               lights: tuple | None = None, cameras: tuple | None = None, jobs: int = 1,
-               progress: Callable[[int, int], None] | None = None, photos: Path | None = None) -> list[SceneRow]:
+               lights: tuple | None = None, cameras: tuple | None = None, reflectances: tuple | None = None,
+               jobs: int = 1, progress: Callable[[int, int], None] | None = None,
+               photos: Path | None = None) -> list[SceneRow]:
     """Observed world scenes for the seeds, rendered in `jobs` processes (photos kept in `photos`)."""
-    work = [(product_ref, card_ref, s, fault, lights, cameras, photos and str(photos)) for s in seeds]
+    work = [(product_ref, card_ref, s, fault, lights, cameras, reflectances, photos and str(photos)) for s in seeds]
     rows = []
     with ProcessPoolExecutor(jobs) as pool:
         for done, row in enumerate(pool.map(observe_world_scene, work, chunksize=4), 1):

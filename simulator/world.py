@@ -52,6 +52,10 @@ MIXTURE_PROBABILITY = 0.25
 MIX_NEAR = (0.0, 0.4)          # second light's share at one card edge
 MIX_FAR = (0.6, 1.0)           # and at the other
 
+# reagent dyes: the chemistry's absorption bands, or smooth spectra; card patches: CMYK inks, or smooth
+DYE_MODELS, INK_MODELS = ("bands", "smooth"), ("cmyk", "smooth")
+REFLECTANCE_LABELS = tuple(f"{dye}/{ink}" for dye in DYE_MODELS for ink in INK_MODELS)
+
 BUILTIN_CAMERAS = ("imx219", "imx477", "ov5647", "webcam", "phone")
 CAMERA_LABELS = BUILTIN_CAMERAS + ("nikon_d5100", "sigma_sdmerrill", "random")
 _CAMERA_WEIGHTS = {**{c: 0.04 for c in BUILTIN_CAMERAS}, "nikon_d5100": 0.1, "sigma_sdmerrill": 0.1,
@@ -149,10 +153,21 @@ def _optics_drawer(families: tuple[str, ...], labels: tuple[str, ...]):
     return draw
 
 
-def _settle(rng, spec: SceneSpec) -> dict:
+def reflectance_label(spec: SceneSpec) -> str:
+    """'<dye model>/<ink model>' of a scene: the reflectance models of its pads and card patches."""
+    return f"{spec.dye_model}/{spec.ink_model}"
+
+
+def _settler(reflectances: tuple[str, ...]):
+    def settle(rng, spec: SceneSpec) -> dict:
+        dye, ink = str(rng.choice(list(reflectances))).split("/")
+        return _settle(rng, spec, {"dye_model": dye, "ink_model": ink})
+    return settle
+
+
+def _settle(rng, spec: SceneSpec, fields: dict) -> dict:
     """White balance (sometimes a fixed preset for another light) and an exposure relative to where
     the card's white first clips, which depends on the light, camera and white balance drawn."""
-    fields = {"dye_model": "bands", "ink_model": "cmyk"}
     if rng.random() < PRESET_PROBABILITY:
         fields.update(white_balance=str(rng.choice(list(scene.WB_PRESETS))), wb_error=(1.0, 1.0, 1.0))
     clip = ceiling.white_clip_exposure(dataclasses.replace(spec, **fields))
@@ -163,14 +178,17 @@ def _settle(rng, spec: SceneSpec) -> dict:
 
 def random_world_scene(rng: np.random.Generator, product: str | Product | None = None,
                        card: str | Card | None = None, lights=None, cameras=None, fault: str | None = None,
-                       **overrides) -> SceneSpec:
+                       reflectances=None, **overrides) -> SceneSpec:
     """A scene from the whole world: a measured CIE lamp, daylight at 3500-12000 K or a synthesised
     LED (a quarter of scenes mixed with a second light across the card); a random, measured or
     built-in camera; auto white balance off by up to 40 % per channel or a fixed preset; exposure
-    up to clipping on the white; pads dyed by their chemistry, card patches printed in CMYK.
-    `lights` (LIGHT_FAMILIES) and `cameras` (CAMERA_LABELS) restrict the draw so whole domains can be
-    held out; `fault` and `overrides` as in scene.random_scene."""
+    up to clipping on the white; pads dyed by their chemistry's absorption bands or with smooth
+    spectra, card patches printed in CMYK inks or with smooth spectra (each half the scenes, so a
+    model cannot learn one dye's metamerism against one ink set). `lights` (LIGHT_FAMILIES),
+    `cameras` (CAMERA_LABELS) and `reflectances` (REFLECTANCE_LABELS) restrict the draw so whole
+    domains can be held out; `fault` and `overrides` as in scene.random_scene."""
     families = _checked(lights, LIGHT_FAMILIES, "light families")
     labels = _checked(cameras, CAMERA_LABELS, "camera labels")
+    surfaces = _checked(reflectances, REFLECTANCE_LABELS, "reflectance models")
     return scene.compose_scene(rng, product, card, fault, overrides, _optics_drawer(families, labels),
-                               WORLD_RANGES, _settle)
+                               WORLD_RANGES, _settler(surfaces))

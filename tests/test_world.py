@@ -190,7 +190,9 @@ def test_world_draws_cover_the_families_and_resolve():
     assert {world.camera_label(s.camera) for s in specs} == set(world.CAMERA_LABELS)
     assert 0.15 < np.mean([s.second_illuminant is not None for s in specs]) < 0.35
     assert 0.1 < np.mean([s.white_balance.startswith("preset:") for s in specs]) < 0.3
-    assert all(s.dye_model == "bands" and s.ink_model == "cmyk" for s in specs)
+    assert {world.reflectance_label(s) for s in specs} == set(world.REFLECTANCE_LABELS)   # no one dye/ink pair
+    held_out = [world.random_world_scene(rng, reflectances=["smooth/cmyk"]) for _ in range(5)]
+    assert {world.reflectance_label(s) for s in held_out} == {"smooth/cmyk"}
     assert max(max(s.wb_error) for s in specs) > 1.25 and min(min(s.wb_error) for s in specs) < 0.8
 
 
