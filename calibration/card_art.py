@@ -14,12 +14,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from calibration.cache import cached_array
 from calibration.colour import hex_to_srgb
 from calibration.specs import Card
 
 BACKGROUND, INK, FIRST_PATCH = 0, 1, 2
 _TICK_MM = (0.4, 2.0)  # handle-mark ticks beside the slot: width, length
 _TEXT_HEIGHT_MM = 2.2
+_CACHED_TEXT_PIXELS = 1_000_000   # the reader's white mask (2 px/mm) is cached; print and simulator sizes are not
 
 
 def aruco_dictionary(card: Card):
@@ -81,6 +83,22 @@ def _text_anchor_mm(card: Card) -> tuple[float, float]:
 
 
 def _draw_text(labels: np.ndarray, card: Card, px_per_mm: float) -> None:
+    """The card's name in its bottom margin. OpenCV 5 loads its fonts on the first text call: 8 MB
+    and 25 ms of every cold `stripread read`, which draws the card only for its white mask. So
+    what OpenCV draws at that small scale is kept in the cache, named by everything it depends
+    on: this file, OpenCV's version and the call's arguments."""
+    if labels.size > _CACHED_TEXT_PIXELS:
+        labels[_text_ink(labels.shape, card, px_per_mm)] = INK
+        return
+    key = repr((cv2.__version__, card.id, labels.shape, px_per_mm, _text_anchor_mm(card))).encode()
+    ink = cached_array("card-text", key + Path(__file__).read_bytes(),
+                       lambda: _text_ink(labels.shape, card, px_per_mm))
+    labels[ink] = INK
+
+
+def _text_ink(shape: tuple[int, int], card: Card, px_per_mm: float) -> np.ndarray:
+    """Where the card's name is inked, at `px_per_mm`."""
+    canvas = np.zeros(shape, np.uint8)
     text = f"stripread {card.id}"
     font = cv2.FONT_HERSHEY_SIMPLEX
     (tw, th), _ = cv2.getTextSize(text, font, 1.0, 2)
@@ -89,7 +107,8 @@ def _draw_text(labels: np.ndarray, card: Card, px_per_mm: float) -> None:
     (tw, th), _ = cv2.getTextSize(text, font, scale, thickness)
     x_mm, y_mm = _text_anchor_mm(card)
     origin = (int(round(x_mm * px_per_mm - tw / 2)), int(round(y_mm * px_per_mm)))
-    cv2.putText(labels, text, origin, font, scale, INK, thickness, cv2.LINE_8)
+    cv2.putText(canvas, text, origin, font, scale, 1, thickness, cv2.LINE_8)
+    return canvas.astype(bool)
 
 
 def palette_srgb(card: Card) -> np.ndarray:

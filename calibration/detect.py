@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from calibration.errors import ReadError
+from calibration.quantiles import median
 from calibration.specs import Card
 
 MIN_MARKERS = 3            # three markers (12 corners) still fix a homography well
@@ -119,7 +120,7 @@ def _edge_sharpness(gray: np.ndarray, px: np.ndarray, step_mm: float) -> float:
     contrast = np.abs(values[:, -5:].mean(axis=1) - values[:, :5].mean(axis=1))
     slope = np.max(np.abs(np.diff(values, axis=1)), axis=1) / step_mm
     valid = contrast > 20
-    return float(np.median(slope[valid] / contrast[valid])) if np.any(valid) else 0.0
+    return float(median(slope[valid] / contrast[valid])) if np.any(valid) else 0.0
 
 
 def _edge_lines(midpoints: np.ndarray, normals: np.ndarray, half_length: float, half_width: float,

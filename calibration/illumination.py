@@ -13,6 +13,7 @@ import numpy as np
 from calibration import card_art
 from calibration.colour import srgb_to_linear
 from calibration.errors import CARD_GLARE_MESSAGE, OVEREXPOSED_MESSAGE, ReadError
+from calibration.quantiles import median
 from calibration.sampling import CLIPPED
 from calibration.specs import Card
 
@@ -28,6 +29,8 @@ HIGHLIGHT_LOG = 0.25       # 30 % above the fitted light in every channel: a sha
 SHADOW_LOG = 0.10          # white darker than the fitted light by more than ~10 %: a shadow or mark
 GLARE_RADIUS_MM = 6.0      # a highlight seen on the white this close to a pad is on the pad too
 MAX_SHADOW_FRACTION = 0.08
+UNEVEN_MESSAGE = ("The light across the card is uneven (a shadow or a mark on the card): close the lid, clean the "
+                  "card and read again.")
 MAX_GLARE_FRACTION = 0.15  # a highlight is a spot: "glare" over more of the white is the fit taking a shadow for the light
 MAX_RMS = 0.05             # rms log-residual of the kept white: the light is not smooth
 MIN_KEPT = 0.5
@@ -65,6 +68,7 @@ class IlluminationField:
     white_clipped: bool        # a channel saturated on the white: its level is only a lower bound
     glare_points: np.ndarray   # (G, 2) mm: white samples brighter than paper can be, i.e. highlights
     flat_field: FlatField | None = None   # the reader's measured light and lens (camera calibration)
+    blown_fraction: float = 0.0   # share of the white saturated in every channel
 
     def white_at(self, points_mm: np.ndarray) -> np.ndarray:
         white = np.exp(surface_design(points_mm, self.card) @ self.coefficients)
@@ -116,7 +120,10 @@ def fit_illumination(card: Card, white_rgb: np.ndarray, channel_clipped: np.ndar
         resid = _mean_where(resid_c, unclipped & mapped)   # NaN where no mapped channel is unclipped
         measured = ~np.isnan(resid)
         # noise-scaled bounds, but capped: a shadow must not widen the band until it fits inside
-        scale = float(np.clip(1.4826 * np.median(np.abs(resid[measured & keep.any(axis=1)])), MIN_SCALE, MAX_SCALE))
+        fitted = measured & keep.any(axis=1)
+        if not fitted.any():      # nothing of the white left to map the light with
+            raise ReadError("calibration_failed", UNEVEN_MESSAGE)
+        scale = float(np.clip(1.4826 * median(np.abs(resid[fitted])), MIN_SCALE, MAX_SCALE))
         with np.errstate(invalid="ignore"):
             near = (resid < min(3 * scale, GLARE_LOG)) & (resid > -max(4 * scale, SHADOW_LOG))
         keep = unclipped & mapped & near[:, None]
@@ -140,10 +147,10 @@ def fit_illumination(card: Card, white_rgb: np.ndarray, channel_clipped: np.ndar
         raise ReadError("glare", CARD_GLARE_MESSAGE)     # a highlight too large to read around
     if misfit.mean() > MAX_SHADOW_FRACTION or rms > MAX_RMS or kept.sum() < MIN_KEPT * measured.sum() or \
             glare.mean() > MAX_GLARE_FRACTION:
-        raise ReadError("calibration_failed", "The light across the card is uneven (a shadow or a mark on "
-                                              "the card): close the lid, clean the card and read again.")
+        raise ReadError("calibration_failed", UNEVEN_MESSAGE)
     saturated_paper = bool(np.any(~unclipped.all(axis=1) & ~glare))   # clipped where no highlight explains it
-    return IlluminationField(coefficients, card, rms, saturated_paper, points[glare], flat_field)
+    return IlluminationField(coefficients, card, rms, saturated_paper, points[glare], flat_field,
+                             float(np.mean(~unclipped.any(axis=1))))
 
 
 def _channel_surfaces(design: np.ndarray, logs: np.ndarray, keep: np.ndarray, unclipped: np.ndarray,
@@ -156,7 +163,7 @@ def _channel_surfaces(design: np.ndarray, logs: np.ndarray, keep: np.ndarray, un
     shape = coef[:, mapped].mean(axis=1)
     for c in np.flatnonzero(~mapped):
         own = unclipped[:, c]
-        level = np.median(logs[own, c] - design[own] @ shape) if own.any() else \
+        level = median(logs[own, c] - design[own] @ shape) if own.any() else \
             np.log(srgb_to_linear(CLIPPED)) - np.max(design @ shape)
         coef[:, c] = shape + level * (np.arange(len(shape)) == 0)
     return coef

@@ -16,6 +16,7 @@ from calibration import detect, illumination, sampling
 from calibration.correction import DEFAULT_TERMS, fit_correction
 from calibration.decode import decode
 from calibration.errors import CARD_GLARE_MESSAGE, OVEREXPOSED_MESSAGE, ReadError
+from calibration.quantiles import median, percentile
 from calibration.specs import Card, Product
 from calibration.strip import match_strip, profile_points
 
@@ -55,7 +56,7 @@ def _enough_patches(usable: np.ndarray, neutral: np.ndarray) -> bool:
 def _check_exposure(gray: np.ndarray) -> None:
     """Whole-frame checks that come first, because a black or white frame also hides the card."""
     small = gray[::8, ::8]
-    if np.percentile(small, 99) < 255 * DARK_FRAME:
+    if percentile(small, 99) < 255 * DARK_FRAME:
         raise ReadError("too_dark", TOO_DARK_MESSAGE)
     if np.mean(small >= 250) > 0.5:
         raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
@@ -130,7 +131,7 @@ class StripObserver:
         ppm = pose.px_per_mm
         white = sampling.robust_colours(sampling.sample(
             image, pose, sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)))
-        if np.median(white.rgb.mean(axis=1)) < TOO_DARK:
+        if median(white.rgb.mean(axis=1)) < TOO_DARK:
             raise ReadError("too_dark", TOO_DARK_MESSAGE)
         light = illumination.fit_illumination(self.card, white.rgb, white.channel_clipped, self.flat_field)
         if np.any(light.glare_near(self._nominal_pad_xy)):
@@ -164,7 +165,7 @@ class StripObserver:
         # a bin saturated in a channel shows no colour there: left out like one under a highlight
         seen = ~light.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE) & (profile.clipped <= 0.5)
         white_lab = correction.to_lab(np.ones((1, 3)))[0]   # the card's paper, as this photo shows it
-        return match_strip(self.card, self.product, profile_lab, seen, white_lab)
+        return match_strip(self.card, self.product, profile_lab, seen, white_lab, correction.residual_de00)
 
     def _pad_colours(self, image, pose, light, correction, pad_xy: np.ndarray) -> tuple[np.ndarray, ...]:
         """Each pad's corrected colour (CIELAB D50) at `pad_xy` (card mm), the fraction of it under a
@@ -174,4 +175,10 @@ class StripObserver:
             image, pose, sampling.square_grid(pad_xy, self._pad_half, pose.px_per_mm)))
         if np.any(pads.specular > PAD_GLARE_REFUSE) or np.any(light.glare_near(pad_xy)):
             raise ReadError("glare", PAD_GLARE_MESSAGE)
+        if np.any((pads.channel_clipped > 0.5).all(axis=1)):
+            # a pad blown out in every channel has no colour left: where little of the card's white is
+            # blown too, a highlight lies on the strip; where much of it is, the photo is overexposed
+            if light.blown_fraction < illumination.MAX_GLARE_FRACTION:
+                raise ReadError("glare", PAD_GLARE_MESSAGE)
+            raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
         return correction.to_lab(light.relative(pads.rgb, pad_xy)), pads.specular, pads.clipped > 0.5

@@ -9,12 +9,14 @@ device's database file beside the results (their own table), so one backup holds
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from calibration.digest import sha256
 
 KINDS = ("camera", "card", "lot", "qc", "qc_schedule")
 _SCHEMA = """
@@ -43,7 +45,24 @@ class Record:
 
 def _record_id(previous: str, kind: str, subject: str, created_at: str, operator: str | None, payload_json: str) -> str:
     canonical = json.dumps([previous, kind, subject, created_at, operator, payload_json], separators=(",", ":"))
-    return f"{kind.replace('_', '-')}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
+    return f"{kind.replace('_', '-')}-{sha256(canonical.encode()).hexdigest()[:12]}"
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write to the file (the result store's read-only ones too). A WAL
+    database on a read-only medium whose shared-memory file is gone can only be opened as immutable
+    (nobody can be writing it)."""
+    if not path.exists():
+        raise sqlite3.OperationalError(f"no database at {path}")
+    uri = f"file:{path.resolve()}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        return db
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK):
+            raise
+    return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
 
 
 class Records:
@@ -51,7 +70,6 @@ class Records:
 
     def __init__(self, path: Path | str, readonly: bool = False):
         if readonly:        # reading a photo must work on a read-only data folder; nothing is written
-            from device.store import connect_readonly
             self._db = connect_readonly(Path(path))
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'calibration_records'").fetchone():
                 return

@@ -16,6 +16,7 @@ import numpy as np
 
 from calibration.colour import hex_to_lab_d50
 from calibration.errors import ReadError
+from calibration.quantiles import median
 from calibration.specs import Card, Product, builtin_products, load_product
 
 STEP_MM = 0.5
@@ -142,7 +143,7 @@ def _excess(better: np.ndarray, worse: np.ndarray) -> float:
 
 
 def match_strip(card: Card, product: Product, profile_lab: np.ndarray, seen: np.ndarray,
-                white_lab: np.ndarray) -> StripMatch:
+                white_lab: np.ndarray, colour_error_de00: float = 1.0) -> StripMatch:
     """Decide from the slot profile (bins, 3) that the expected strip lies the right way round, or
     raise `strip_not_found`, `strip_reversed` or `wrong_strip`. Bins not `seen` (under glare) are
     left out of every comparison; `white_lab` is the card's paper as measured in this photo (real
@@ -158,7 +159,9 @@ def match_strip(card: Card, product: Product, profile_lab: np.ndarray, seen: np.
     fits = per_bin[np.arange(len(per_bin)), best_shift]                              # (hyp, bins)
     margins = [_excess(fits[0], alternative) for alternative in fits[1:]]
     closest = int(np.argmin(margins))
-    if margins[closest] < MIN_MARGIN:
+    # evidence in colour is worth as much as the colours are right: a card correction that misses
+    # its own patches by several dE00 must see the other hypotheses lose by as many times more
+    if margins[closest] < MIN_MARGIN * max(1.0, colour_error_de00):
         raise ReadError(*h.refusals[closest])
     cost = float(np.nanmean(fits[0]))
     if cost > MAX_MATCH_COST:
@@ -166,5 +169,5 @@ def match_strip(card: Card, product: Product, profile_lab: np.ndarray, seen: np.
                                        "or choose its product.")
     bare = (h.labels[0, best_shift[0]] == BASE) & seen
     # no bare strip in view (all of it under a highlight): the product's printed base stands in
-    base_lab = np.median(profile_lab[bare], axis=0) if bare.any() else h.references[BASE]
+    base_lab = median(profile_lab[bare], axis=0) if bare.any() else h.references[BASE]
     return StripMatch(float(SHIFTS[best_shift[0]]) * STEP_MM, cost, margins[REVERSED - 1], base_lab)

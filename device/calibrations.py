@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
-from calibration.records import Records
 from calibration.specs import Card, card_from_document
+
+if TYPE_CHECKING:    # the read path imports this module; the records' SQLite and hashlib only with a store
+    from calibration.records import Records
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from calibration.records import connect_readonly
 from device import signing
 
 log = logging.getLogger("stripread.store")
@@ -425,22 +426,6 @@ class _Transaction:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
         return False
-
-
-def connect_readonly(path: Path) -> sqlite3.Connection:
-    """A connection that cannot write to the file. A WAL database on a read-only medium whose
-    shared-memory file is gone can only be opened as immutable (nobody can be writing it)."""
-    if not path.exists():
-        raise sqlite3.OperationalError(f"no database at {path}")
-    uri = f"file:{path.resolve()}?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
-        db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
-        return db
-    except sqlite3.OperationalError:
-        if os.access(path.parent, os.W_OK):
-            raise
-    return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
 
 
 @dataclass

@@ -17,9 +17,11 @@ from calibration.errors import ReadError
 from calibration.observe import StripObservation
 from calibration.specs import Product
 from models.features import feature_names, strip_features
+from models.ort_session import open_session
 from models.pads import OUT_OF_GAMUT_DE00, PadReading, chart_positions, interpret, out_of_gamut, value_at
 
 MODEL_VERSION = "pads/2"
+MODEL_MARGIN = 0.5           # probability by which the model must prefer a neighbour to the nearest colour
 DIFFICULTY_OFFSET = 0.5      # a photo's difficulty: card residual (dE00) + this; scales value intervals
 META = "stripread."          # prefix of this project's keys in the file's metadata_props
 REFERENCE_TOLERANCE = 1e-4   # float32 inference against scikit-learn's float64
@@ -42,26 +44,29 @@ class OnnxPadModel:
     name = "onnx"
 
     def __init__(self, product: Product, path: Path | None = None):
-        import onnxruntime as ort   # heavy: only where a model is actually used
         self.product = product
         self.path = Path(path) if path else default_model_path(product)
         if not self.path.is_file():
             raise _refuse(f"no model file at {self.path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
+
+        def adopt(session) -> None:
+            """The checks, on the cached optimised graph or on the file's own (models.ort_session)."""
+            self.session = session
+            meta = {k[len(META):]: v for k, v in session.get_modelmeta().custom_metadata_map.items()
+                    if k.startswith(META)}
+            parsed = self._check(meta)
+            self.version = f"{meta['model_version']}+{meta['training_data_sha256'][:12]}"
+            self.classes = parsed["classes"]
+            self.interval_scale = parsed["interval_scale"]
+            self.outputs = [o.name for o in session.get_outputs()]
+            self._self_test(parsed["sklearn_reference"])
+
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            open_session(self.path, adopt)
+        except ReadError:
+            raise
         except Exception as exc:   # onnxruntime raises its own types for corrupt or unsupported files
             raise _refuse(f"{self.path}: cannot be loaded ({type(exc).__name__})") from None
-        meta = {k[len(META):]: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()
-                if k.startswith(META)}
-        parsed = self._check(meta)
-        self.version = f"{meta['model_version']}+{meta['training_data_sha256'][:12]}"
-        self.classes = parsed["classes"]
-        self.interval_scale = parsed["interval_scale"]
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self._self_test(parsed["sklearn_reference"])
 
     def _check(self, meta: dict) -> dict:
         """Refuse a file not made for this product and this software; return its parsed JSON fields."""
@@ -119,7 +124,9 @@ class OnnxPadModel:
 def level_readings(product: Product, charts: list, probabilities: dict, classes: dict) -> list[PadReading]:
     """Each pad's level from its classifier's probabilities (columns `classes[analyte]` of the
     chart's levels). The model refines the level within one step of the nearest chart colour, never
-    beyond: far from its training data it could otherwise be confidently wrong by several levels."""
+    beyond (far from its training data it could otherwise be confidently wrong by several levels),
+    and only where it is clearly surer than of the nearest colour: what it learned of one dye's
+    metamerism against the card's inks must not outvote the colour under dyes it never saw."""
     readings = []
     for pad, chart in zip(product.pads, charts):
         if chart.gap > OUT_OF_GAMUT_DE00:
@@ -129,6 +136,8 @@ def level_readings(product: Product, charts: list, probabilities: dict, classes:
         p[classes[pad.analyte]] = probabilities[pad.analyte]
         near = np.abs(np.arange(len(pad.levels)) - chart.nearest) <= 1
         level = int(np.argmax(np.where(near, p, -1.0)))
+        if p[level] - p[chart.nearest] < MODEL_MARGIN:
+            level = chart.nearest
         readings.append(interpret(pad, PadReading(pad.analyte, pad.levels[level].code, None,
                                                   round(float(p[level]), 3), [], round(chart.gap, 2))))
     return readings

@@ -10,8 +10,9 @@ SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 
 @pytest.fixture(autouse=True)
 def private_data_folder(tmp_path, monkeypatch):
-    """No test writes to the user's real results database."""
+    """No test writes to the user's real results database, or reads or writes the user's cache."""
     monkeypatch.setenv("STRIPREAD_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("STRIPREAD_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="session")
