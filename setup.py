@@ -2,6 +2,23 @@
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithCatalogues(build_py):
+    """Compiles each gettext catalogue (device/locale/*/LC_MESSAGES/stripread.po) to its .mo beside
+    it in the build, with Babel (a build requirement in pyproject.toml): the installed reader loads
+    the .mo with the standard library's gettext, no compiler at run time."""
+
+    def run(self):
+        super().run()
+        from babel.messages.mofile import write_mo
+        from babel.messages.pofile import read_po
+        for po in Path("device/locale").glob("*/LC_MESSAGES/stripread.po"):
+            target = Path(self.build_lib) / po.with_suffix(".mo")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with po.open("rb") as source, target.open("wb") as out:
+                write_mo(out, read_po(source))
 
 TRAIN = ["scikit-learn>=1.3", "skl2onnx>=1.16", "onnx>=1.14"]
 # the wide simulator (simulator/world.py): measured CIE illuminants and camera sensitivities;
@@ -18,7 +35,8 @@ setup(
     package_data={
         "calibration": ["data/cards/*.json", "data/products/*.json", "data/controls/*.toml"],
         "models": ["data/*.json", "data/*.onnx"],
-        "device": ["data/*.json", "data/*.toml", "data/version.txt", "web/templates/*.html", "web/static/*"],
+        "device": ["data/*.json", "data/*.toml", "data/version.txt", "web/templates/*.html", "web/static/*",
+                   "locale/*/LC_MESSAGES/*.po"],
     },
     install_requires=[
         "numpy>=1.24",
@@ -45,6 +63,9 @@ setup(
         "limits>=4",
         # the device key (Ed25519) that signs the result store's chain head (device/signing.py)
         "cryptography>=41",
+        # dates and numbers as each language writes them (CLDR data); messages are compiled .mo files
+        # read by the standard library's gettext, Babel compiles them only in a source checkout
+        "Babel>=2.12",
     ],
     extras_require={
         # picamera2 needs libcamera: on Raspberry Pi OS install apt's python3-picamera2 instead
@@ -56,4 +77,5 @@ setup(
         + TRAIN + SIM,
     },
     entry_points={"console_scripts": ["stripread = device.cli:main"]},
+    cmdclass={"build_py": BuildWithCatalogues},
 )

@@ -385,12 +385,22 @@ def evaluate_run(reads: Sequence[tuple[Control, Mapping[str, Any]]],
 
 # --- Levey-Jennings chart --------------------------------------------------------------------
 
-def levey_jennings_png(control: Control, series: Sequence[QcRun], path: str | Path | IO[bytes]) -> str | Path | IO[bytes]:
+def levey_jennings_png(control: Control, series: Sequence[QcRun], path: str | Path | IO[bytes],
+                       words=None) -> str | Path | IO[bytes]:
     """One PNG, 1200 px wide (80 px of title plus 200 px per row of two panels): a Levey-Jennings
     panel per analyte of the control, z of each run over time against the target and +-1/2/3 SD.
     Red: the pad failed in that run (out of range, not reported, or a rule, named beside it);
     orange: a 1-2s warning; a red ring: the run failed on something else. matplotlib is imported
-    here, with the Agg canvas and no pyplot state, so importing this module stays light."""
+    here, with the Agg canvas and no pyplot state, so importing this module stays light. Its text
+    in `words`' language (device.i18n.Words; English without)."""
+    from matplotlib import rc_context
+    from device.i18n import Words
+    words = words or Words()
+    with rc_context({"font.family": words.plot_fonts()}):
+        return _levey_jennings_figure(control, series, path, words)
+
+
+def _levey_jennings_figure(control: Control, series: Sequence[QcRun], path, words):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
@@ -406,7 +416,7 @@ def levey_jennings_png(control: Control, series: Sequence[QcRun], path: str | Pa
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, sharex=True, squeeze=False).ravel()
     for ax, target in zip(axes, control.analytes):
-        _draw_panel(ax, target, runs)
+        _draw_panel(ax, target, runs, words)
     for index in range(len(control.analytes), len(axes)):
         axes[index].set_visible(False)
         axes[index - columns].xaxis.set_tick_params(labelbottom=True)   # it is now its column's last
@@ -414,17 +424,17 @@ def levey_jennings_png(control: Control, series: Sequence[QcRun], path: str | Pa
     axes[0].xaxis.set_major_locator(locator)
     axes[0].xaxis.set_major_formatter(ConciseDateFormatter(locator))
     failed = sum(not run.passed for run in runs)
-    figure.suptitle(f"{control.id}: {control.name}, material lot {control.material_lot} "
-                    f"(expires {control.expires.isoformat()}); {len(runs)} runs, {failed} failed",
-                    fontsize=12)
-    figure.supxlabel("blue: z of each run; orange: 1-2s warning; red: this pad failed (rule or level "
-                     "beside it; x: not reported); red ring: the run failed on another pad",
+    figure.suptitle(words("{id}: {name}, material lot {lot} (expires {expires}); {runs} runs, {failed} failed",
+                          id=control.id, name=control.name, lot=control.material_lot,
+                          expires=words.date(control.expires), runs=len(runs), failed=failed), fontsize=12)
+    figure.supxlabel(words("blue: z of each run; orange: 1-2s warning; red: this pad failed (rule or level "
+                           "beside it; x: not reported); red ring: the run failed on another pad"),
                      fontsize=8, color="0.35")
     figure.savefig(path, format="png")      # a file name, or a binary stream (the web page serves it)
     return path
 
 
-def _draw_panel(ax, target: ControlAnalyte, runs: Sequence[QcRun]) -> None:
+def _draw_panel(ax, target: ControlAnalyte, runs: Sequence[QcRun], words) -> None:
     """One analyte's Levey-Jennings panel (z axis clipped to +-4 SD, outliers as edge triangles)."""
     ax.axhline(0.0, color="0.15", linewidth=1.0)
     for k, style in ((1, ":"), (2, "--"), (3, "-.")):
@@ -440,7 +450,7 @@ def _draw_panel(ax, target: ControlAnalyte, runs: Sequence[QcRun]) -> None:
         marker = "x" if qc.z is None else "^" if qc.z > edge else "v" if qc.z < -edge else "o"
         if qc.failed:
             ax.scatter([run.at], [y], color=_RED, marker=marker, s=36, zorder=4)
-            ax.annotate(", ".join(qc.rules) or qc.level or "not reported", (run.at, y), xytext=(4, 4),
+            ax.annotate(", ".join(qc.rules) or qc.level or words("not reported"), (run.at, y), xytext=(4, 4),
                         textcoords="offset points", color=_RED, fontsize=8)
         elif not run.passed:
             ax.scatter([run.at], [y], facecolors="white", edgecolors=_RED, marker=marker, s=36, zorder=3)
@@ -448,7 +458,8 @@ def _draw_panel(ax, target: ControlAnalyte, runs: Sequence[QcRun]) -> None:
             ax.scatter([run.at], [y], color=_ORANGE if qc.warnings else _BLUE, marker=marker, s=25,
                        zorder=3)
     ax.set_ylim(-_CHART_Z_LIMIT, _CHART_Z_LIMIT)
-    ax.set_yticks(range(-3, 4), ["-3 SD", "-2 SD", "-1 SD", "target", "+1 SD", "+2 SD", "+3 SD"])
+    ax.set_yticks(range(-3, 4), ["-3 SD", "-2 SD", "-1 SD", words("target"), "+1 SD", "+2 SD", "+3 SD"])
     ax.tick_params(labelsize=8)
-    ax.set_title(f"{target.analyte}: target {target.target:g} ({target.accepted_label}), "
-                 f"1 SD = {target.sd:g} step", fontsize=9, loc="left")
+    ax.set_title(words("{analyte}: target {target} ({accepted}), 1 SD = {sd} step", analyte=target.analyte,
+                       target=f"{target.target:g}", accepted=target.accepted_label, sd=f"{target.sd:g}"),
+                 fontsize=9, loc="left")

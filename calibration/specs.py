@@ -7,7 +7,6 @@ file is refused at start rather than misreading strips later.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.colour import hex_to_lab_d50
+from calibration.digest import sha256
 from calibration.errors import SpecError
 
 DEFAULT_CARD = "card-v1"
@@ -74,6 +74,7 @@ class Level:
     code: str
     value: float | None
     srgb: str
+    plus: str | None = None      # the dry-chemistry report's grade (-, +-, 1+ ... 4+), where the chart gives one
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,7 +148,7 @@ class Product:
     def chart_digest(self) -> str:
         """Hash of what models and lot calibrations depend on: pads, levels and chart colours."""
         chart = [[p.analyte, [[lv.code, lv.value, lv.srgb] for lv in p.levels]] for p in self.pads]
-        return hashlib.sha256(json.dumps(chart, sort_keys=True).encode()).hexdigest()
+        return sha256(json.dumps(chart, sort_keys=True).encode()).hexdigest()
 
     def pad(self, analyte: str) -> Pad:
         for pad in self.pads:
@@ -201,7 +202,8 @@ def _parse_product(doc: dict, where: str) -> Product:
     for i, p in enumerate(_require(doc, "pads", where)):
         w = f"{where} pads[{i}]"
         levels = tuple(Level(str(_require(lv, "code", w)), None if lv.get("value") is None else float(lv["value"]),
-                             str(_require(lv, "srgb", w))) for lv in _require(p, "levels", w))
+                             str(_require(lv, "srgb", w)), None if lv.get("plus") is None else str(lv["plus"]))
+                       for lv in _require(p, "levels", w))
         if len(levels) < 2:
             raise SpecError(f"{w}: a pad needs at least two chart levels")
         pads.append(Pad(str(_require(p, "analyte", w)), str(p.get("name", p["analyte"])), p.get("loinc"),

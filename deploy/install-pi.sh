@@ -20,6 +20,7 @@ fail() { echo "install-pi: $*" >&2; exit 1; }
 # recommends are the Qt and OpenGL previews, which a headless reader does not need
 apt-get update -q
 apt-get install -y -q --no-install-recommends python3-venv python3-picamera2
+apt-get install -y -q --no-install-recommends fonts-noto-cjk   # Chinese on the screen and in the plots (issue 21)
 
 # a system user of its own: dialout opens the reader board's serial port, video the camera
 id stripread >/dev/null 2>&1 ||

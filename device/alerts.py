@@ -34,6 +34,7 @@ from typing import Callable, ClassVar, Sequence
 
 from calibration.errors import SpecError
 from calibration.specs import Product, builtin_products, product_of_record
+from device.i18n import values_in
 
 log = logging.getLogger("stripread.alerts")
 
@@ -503,6 +504,39 @@ def reading_alerts(rules: Sequence[Rule], history) -> list[Alert]:
         log.warning("alert rules skipped a reading", extra={"fields": {"record": history[-1].seq,
                                                                        "reason": type(exc).__name__}})
         return []
+
+
+def in_words(rules: Sequence[Rule], alert: Alert | dict, words, analyte_name: Callable[[str], str]) -> dict[str, str]:
+    """An alert's title, message and advice in the words' language (`device.i18n.Words`): its
+    rule's templates translated (the shipped rules' texts are in the catalogues, see
+    `extract_rules`) and filled with the values read back from the English text it was raised
+    with, the analyte's name in `analyte_name(code)`. An alert whose rule or wording is no longer
+    in `rules`, or whose template has no translation, keeps the English it was raised with."""
+    raised = alert if isinstance(alert, dict) else alert.to_dict()
+    rule = next((r for r in rules if r.id == raised["rule_id"]), None)
+    step = next((st for st in rule.steps if st.severity == raised["severity"]), None) if rule else None
+    found = {name: values_in(getattr(step, name), raised[name]) if step is not None else None for name in _TEXTS}
+    analyte = next((values["analyte"] for values in found.values() if values and "analyte" in values), None)
+    shown = {}
+    for name, values in found.items():
+        if values is None:
+            shown[name] = raised[name]
+            continue
+        if analyte is not None:         # a title may name the analyte only by name: its code is in the message
+            values["analyte_name"] = analyte_name(analyte)
+        shown[name] = words.gettext(getattr(step, name)).format_map(values)
+    return shown
+
+
+def extract_rules(fileobj, keywords, comment_tags, options):
+    """Babel's extractor for an alert-rules TOML file (babel.cfg): every title, message and advice,
+    so the shipped rules' words are translated in the catalogues like any other message."""
+    doc = tomllib.loads(fileobj.read().decode("utf-8"))
+    for table in doc.get("rule", []):
+        for step in (table, *table.get("escalate", [])):
+            for name in _TEXTS:
+                if name in step:
+                    yield 0, None, step[name], [f"alert rule {table.get('id')}: {name}"]
 
 
 def judge(rules: Sequence[Rule]):

@@ -6,12 +6,12 @@ import argparse
 import contextlib
 import json
 import os
-import sqlite3
 import sys
 import threading
 from pathlib import Path
 
 from calibration.errors import ReadError, SpecError
+from device.i18n import LanguageError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -40,7 +40,14 @@ def _reader(args):
     else:
         model = OnnxPadModel(product, None if choice == "onnx" else Path(choice))
     card, calibration = _calibration(args, load_card(args.card), product)
-    return Reader(card, product, model, calibration)
+    return Reader(card, product, model, calibration, report_style=_words(args).style)
+
+
+def _words(args):
+    """The device's language and report style (what a person reads; stored results and lab
+    messages stay in UCUM): --lang / --units, else $STRIPREAD_LANG / $STRIPREAD_REPORT_STYLE."""
+    from device.i18n import Words, choose_locale, choose_style
+    return Words(choose_locale(getattr(args, "lang", None)), choose_style(getattr(args, "units", None)))
 
 
 def _calibration(args, card, product):
@@ -66,22 +73,12 @@ def _progress(done: int, total: int) -> None:
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
 
 
-def format_table(result: dict) -> str:
-    """A short table a nurse can read at a glance."""
-    if result["status"] == "aborted":   # a session that ended early (see device.session)
-        return f"Not read ({result['outcome']}): {result['message']}"
-    if result["status"] != "ok":
-        return f"Not read ({result['error']['code']}): {result['error']['message']}"
-    rows = [("Analyte", "Level", "Value", "Unit", "Flags")]
-    for a in result["analytes"]:
-        value = "" if a.get("value") is None else f"{a['value']:.4g}"
-        rows.append((a["analyte"], a["level"] or "-", value, a.get("unit") or "", ", ".join(a["flags"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    qc = result["qc"]
-    lines.append(f"\nproduct {result['product']}, card {qc['card_id']}, colour check "
-                 f"{qc['color_residual_de00']:.2f} dE00")
-    return "\n".join(lines)
+def format_table(result: dict, words=None) -> str:
+    """A short table a nurse can read at a glance, in the device's language and report style
+    (device/report.py; English and conventional units without `words`)."""
+    from device.i18n import Words
+    from device.report import table
+    return table(result, words or Words())
 
 
 def cmd_read(args) -> int:
@@ -101,7 +98,7 @@ def cmd_read(args) -> int:
         except ReadError as err:   # the model could not be loaded: refuse rather than misread
             print(f"stripread: {getattr(err, 'detail', err.message)}", file=sys.stderr)
             result = _refusal(err.code, err.message)
-    print(json.dumps(result, indent=1, allow_nan=False) if args.json else format_table(result))
+    print(json.dumps(result, indent=1, allow_nan=False) if args.json else format_table(result, _words(args)))
     return EXIT_OK if result["status"] == "ok" else EXIT_REFUSED
 
 
@@ -113,7 +110,8 @@ def cmd_train(args) -> int:
     parts = []
     if args.synthetic:
         print(f"rendering and observing {args.synthetic} synthetic scenes of {product.id}", file=sys.stderr)
-        parts.append(dataset.synthetic(args.product, args.card, args.synthetic, args.seed, args.jobs, _progress))
+        parts.append(dataset.synthetic(args.product, args.card, args.synthetic, args.seed, args.jobs, _progress,
+                                       Path(args.photos) if args.photos else None))
     if args.data:
         print(f"observing the labelled captures in {args.data}", file=sys.stderr)
         parts.append(dataset.real_captures(product, card, Path(args.data), _progress))
@@ -177,22 +175,26 @@ def cmd_history(args) -> int:
 def cmd_trend(args) -> int:
     """A patient's analytes over time: a line each on the terminal, and a PNG plot."""
     from device.store import ResultStore
-    from device.trends import series, trend_png
+    from device.trends import pad_of, series, trend_png
+    from device.web.plain import level_words
     with ResultStore(args.db, readonly=True) as store:
         lines = series(list(reversed(store.history(args.patient, args.limit))))
+    words = _words(args)
     if not lines:
-        print("no readings of this patient")
+        print(words("no readings of this patient"))
         return EXIT_REFUSED
     for line in lines:
         points = line["points"]
         change = points[-1]["position"] - points[0]["position"]
-        direction = "rising" if change >= 0.5 else "falling" if change <= -0.5 else "steady"
+        direction = words("rising") if change >= 0.5 else words("falling") if change <= -0.5 else words("steady")
         flagged = sum(p["abnormal"] for p in points)
-        print(f"{line['analyte']:5} {len(points):3} tests, latest {points[-1]['level']} ({points[-1]['date']}), "
-              f"{direction}; {flagged} outside the usual range")
+        print(words("{code} {count} tests, latest {level} ({date}), {direction}; {flagged} outside the usual range",
+                    code=f"{line['analyte']:5}", count=f"{len(points):3}",
+                    level=level_words(pad_of(line), points[-1]["level"], words) if pad_of(line) else points[-1]["level"],
+                    date=points[-1]["date"], direction=direction, flagged=flagged))
     out = args.out or "trend.png"
-    trend_png(lines, "Results over time", out)
-    print(f"plot: {out}")
+    trend_png(lines, out, words)
+    print(words("plot: {path}", path=out))
     return EXIT_OK
 
 
@@ -351,12 +353,14 @@ def cmd_demo(args) -> int:
     from device.rig import SimulatedRig
     from device.session import Clock, ReadingSession
     from device.store import StoreUnavailable, open_for_service
+    from device.report import advice, session_line
     from firmware_bridge.host import ReaderBoard
+    words = _words(args)
     try:
         reader = _reader(args)
         store = open_for_service(args.db)        # a damaged store is set aside, never written
     except ReadError as err:
-        print(format_table(_refusal(err.code, err.message)))
+        print(format_table(_refusal(err.code, err.message), words))
         return EXIT_REFUSED
     except StoreUnavailable as exc:
         print(f"stripread: {exc}", file=sys.stderr)
@@ -366,24 +370,26 @@ def cmd_demo(args) -> int:
         stack.enter_context(store)
         rig = stack.enter_context(SimulatedRig(reader.product, clock, seed=args.seed))
         board = stack.enter_context(ReaderBoard(rig.port))
-        print(f"Simulated reader: a {reader.product.id} strip, camera '{rig.camera.spec.camera}' under "
-              f"'{rig.camera.spec.illuminant}' light, time x{args.speed:g}; board firmware "
-              f"{'.'.join(map(str, board.info.firmware_version))} on {rig.port}.")
+        print(words("Simulated reader: a {product} strip, camera '{camera}' under '{light}' light, time x{speed}; "
+                    "board firmware {firmware} on {port}.", product=reader.product.id, camera=rig.camera.spec.camera,
+                    light=rig.camera.spec.illuminant, speed=f"{args.speed:g}",
+                    firmware=".".join(map(str, board.info.firmware_version)), port=rig.port))
         session = ReadingSession(reader, board, rig.camera, store, clock, admit=_qc_gate(args, stack),
                                  judge=_alert_judge(args),
-                                 on_progress=lambda message: print(f"  {message}", flush=True))
+                                 on_progress=lambda message: print(f"  {session_line(message, words)}", flush=True))
         threading.Timer(2.0 / args.speed, rig.insert_strip).start()   # the patient, two seconds later
         report = session.run(patient_id="DEMO", operator_id="demo")
     result = report.record.result
     print()
-    if result.get("status") == "aborted":
-        print(result["message"])
-    else:
-        print(json.dumps(result, indent=1) if args.json else format_table(result))
+    print(json.dumps(result, indent=1) if args.json else format_table(result, words))
     if result.get("status") == "ok":
         agree = sum(a["level"] == rig.camera.final_levels[a["analyte"]] for a in result["analytes"])
-        print(f"\n{agree} of {len(result['analytes'])} pads read at the level the simulator developed them to.")
-    print(f"Stored as record #{report.record.seq} in {args.db}.")
+        print("\n" + words("{agree} of {pads} pads read at the level the simulator developed them to.", agree=agree,
+                            pads=len(result["analytes"])))
+        if not args.json:
+            from device.alerts import load_rules
+            print("\n" + advice(report.record, load_rules(args.alert_rules), words))
+    print(words("Stored as record #{seq} in {db}.", seq=report.record.seq, db=args.db))
     return EXIT_OK if result.get("status") == "ok" else EXIT_REFUSED
 
 
@@ -424,7 +430,7 @@ def _start_web(args, stack: contextlib.ExitStack, service, rig, lab: bool = Fals
     https = bool(args.web_cert)
     app = create_app(WebContext(Path(args.db), load_product(args.product), service, rig, https=https,
                                 login_everywhere=args.web_login, rules=load_rules(args.alert_rules), lab=lab,
-                                contact=args.contact))
+                                contact=args.contact, locale=_words(args).locale, style=_words(args).style))
     config = uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), access_log=False, log_level="warning",
                             ssl_certfile=args.web_cert, ssl_keyfile=args.web_key, log_config=None)
     server = uvicorn.Server(config)
@@ -456,9 +462,10 @@ def _alert_judge(args):
 
 def cmd_run(args, automatic_patient: bool = True) -> int:
     """The reader's service loop (systemd runs this): strips in, sessions run, results stored."""
-    from device.service import ReaderService, install_json_logging, stop_on_signals
+    from device.service import ReaderService, bound_heap, install_json_logging, stop_on_signals
     from device.session import Clock, ReadingSession
     from device.store import StoreUnavailable, open_for_service
+    bound_heap()
     install_json_logging()
     stop = threading.Event()
     stop_on_signals(stop)
@@ -531,12 +538,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "baseline), onnx, baseline (nearest chart colour) "
                                                           "or an .onnx file")
 
+    db_default = str(default_db_path())      # once: 19 commands take it
+
     def db_option(p):
-        p.add_argument("--db", default=str(default_db_path()), help="results database (default %(default)s)")
+        p.add_argument("--db", default=db_default, help="results database (default %(default)s)")
 
     def alert_option(p):
         p.add_argument("--alert-rules", help="the clinic's alert rules (TOML; default: the shipped "
                                              "device/data/alert-rules.toml)")
+
+    def display_options(p):
+        p.add_argument("--lang", help="language of what a person reads: en or zh_CN (default $STRIPREAD_LANG, "
+                                      "else en); JSON, logs and lab messages are always language-neutral")
+        p.add_argument("--units", help="report style: conventional, si (SI units) or plus (plus grades with SI "
+                                       "values) (default $STRIPREAD_REPORT_STYLE, else conventional); results "
+                                       "are stored and sent in the product's UCUM units whatever the style")
 
     def hardware_options(p, speed=20.0):
         p.add_argument("--simulate", action="store_true", help="use the built-in simulated reader")
@@ -551,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--json", action="store_true", help="print the stripread.read/1 result object")
     spec_options(read, model=True)
     db_option(read)
+    display_options(read)
     read.set_defaults(func=cmd_read)
 
     card = sub.add_parser("card", help="the reference card")
@@ -569,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     alert_option(demo)
     spec_options(demo, model=True)
     db_option(demo)
+    display_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     def service_options(p, web_default):
@@ -591,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "data folder (default $STRIPREAD_MIN_FREE_MB or 20)")
         spec_options(p, model=True)
         db_option(p)
+        display_options(p)
 
     run = sub.add_parser("run", help="the reader service: wait for strips, run sessions, store results")
     run.add_argument("--strips", type=int, help="when simulating: stop the simulated patient after this many strips")
@@ -621,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     trend.add_argument("--out", help="PNG file to write (default trend.png)")
     trend.add_argument("--limit", type=int, default=500, help="newest tests to include")
     db_option(trend)
+    display_options(trend)
     trend.set_defaults(func=cmd_trend)
 
     export = sub.add_parser("export", help="every stored result, as CSV (one row per pad) or JSON lines")
@@ -662,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="model file to write (default <product>.onnx)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--jobs", type=int, default=2, help="processes rendering synthetic scenes")
+    tr.add_argument("--photos", metavar="DIR", help="keep the rendered photos here and reuse them (a change to "
+                                                    "the reader is then trained on the same photos, not rendered again)")
     spec_options(tr)
     tr.set_defaults(func=cmd_train)
 
@@ -675,14 +697,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _database_errors() -> tuple:
+    """sqlite3's error, once a command loaded sqlite3 (nothing raised one before): a cold `read`
+    without a store never imports it (1.3 MB)."""
+    sqlite3 = sys.modules.get("sqlite3")
+    return (sqlite3.DatabaseError,) if sqlite3 else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SpecError as exc:
+    except (SpecError, LanguageError) as exc:
         print(f"stripread: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except sqlite3.DatabaseError as exc:    # the file, not the code: say which and what to do
+    except _database_errors() as exc:    # the file, not the code: say which and what to do
         print(f"stripread: the results database {getattr(args, 'db', '')} cannot be used: {exc}. "
               "`stripread verify` says more; the service sets a damaged store aside and starts a fresh one.",
               file=sys.stderr)

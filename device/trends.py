@@ -32,6 +32,7 @@ def series(records) -> list[dict]:
             if entry.get("level") is None:
                 continue
             line = found.setdefault(pad.analyte, {"analyte": pad.analyte, "name": pad.name, "unit": pad.unit,
+                                                  "product": product.id,
                                                   "levels": [lv.code for lv in pad.levels], "points": []})
             interval = entry.get("value_interval")
             line["points"].append(_point(record, entry["level"], entry.get("value"), entry["confidence"],
@@ -72,9 +73,25 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def trend_png(lines: list[dict], title: str, path) -> None:
+def trend_png(lines: list[dict], path, words=None) -> None:
     """All series as small multiples (matplotlib, Agg): each point at its chart place, its interval
-    as a bar, its opacity its confidence, red when abnormal; the chart's levels on the y axis."""
+    as a bar, its opacity its confidence, red when abnormal; the chart's levels on the y axis, in
+    the words' language and report style (device.i18n.Words; English and conventional without)."""
+    from matplotlib import rc_context
+    from device.i18n import Words
+    words = words or Words()
+    with rc_context({"font.family": words.plot_fonts()}):
+        _trend_figure(lines, path, words)
+
+
+def pad_of(line: dict):
+    """The chart a series' levels come from; None for a derived ratio (its levels are numbers)."""
+    return product_of_record(line["product"]).pad(line["analyte"]) if line.get("product") else None
+
+
+def _trend_figure(lines: list[dict], path, words) -> None:
+    from device.web.plain import axis_label, plain_name, unit_words
+    from device import units
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
@@ -93,16 +110,19 @@ def trend_png(lines: list[dict], title: str, path) -> None:
                 ax.vlines(at, *point["interval"], color=colour, alpha=0.5, linewidth=2, zorder=2)
             ax.scatter([at], [point["position"]], s=30 + 60 * point["confidence"], color=colour,
                        alpha=0.35 + 0.65 * point["confidence"], zorder=3)
-        ax.set_yticks(range(len(line["levels"])), line["levels"], fontsize=8)
+        pad = pad_of(line)
+        ax.set_yticks(range(len(line["levels"])), [axis_label(pad, code, words) for code in line["levels"]], fontsize=8)
         ax.set_ylim(-0.4, len(line["levels"]) - 0.6)
         ax.grid(axis="y", color="0.9")
-        ax.set_title(f"{line['name']}" + (f" ({line['unit']})" if line["unit"] else ""), fontsize=10, loc="left")
+        unit = unit_words(units.converted(line["analyte"], line["unit"], 1.0, words.style)[1], words)
+        name = plain_name(line["analyte"], words)
+        ax.set_title(words("{name} ({unit})", name=name, unit=unit) if unit else name, fontsize=10, loc="left")
     for ax in axes[len(lines):]:
         ax.set_visible(False)
     locator = AutoDateLocator()
     axes[0].xaxis.set_major_locator(locator)
     axes[0].xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    figure.suptitle(title, fontsize=12)
-    figure.supxlabel("each dot one test at its place on the chart; bar: its interval; paler: less confident; "
-                     "red: outside the usual range", fontsize=8, color="0.35")
+    figure.suptitle(words("Results over time"), fontsize=12)
+    figure.supxlabel(words("each dot one test at its place on the chart; bar: its interval; paler: less confident; "
+                           "red: outside the usual range"), fontsize=8, color="0.35")
     figure.savefig(path, format="png")

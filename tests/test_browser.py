@@ -6,7 +6,8 @@ plots, and on every page: no sideways scroll, no text under 14 px, no tap target
 no serious or critical violation reported by axe-core (a maintained accessibility checker, run in
 the same browser). No patient id in the server's log.
 
-Chromium and ChromeDriver come from Debian (`chromium`, `chromium-driver`), axe-core from the npm
+Chromium and ChromeDriver come from Debian (`chromium`, `chromium-driver`; Chinese pages need its
+`fonts-noto-cjk`), axe-core from the npm
 registry (`npm pack axe-core`, cached under ~/.cache/stripread); when they are missing and the tests
 run as root (CI), they are installed here (apt-get, then npm). With STRIPREAD_SCREENSHOTS=<folder>
 each page is saved there, whole, at both sizes (`<page>-reader.png`, `<page>-phone.png`).
@@ -64,9 +65,10 @@ axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations
 
 
 def _ensure_chromium() -> None:
-    if Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists():
-        return
-    _apt_install("chromium", "chromium-driver")
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        _apt_install("chromium", "chromium-driver")
+    if not list(Path("/usr/share/fonts").glob("**/NotoSansCJK-Regular.ttc")):     # Chinese glyphs, not boxes
+        _apt_install("fonts-noto-cjk")
 
 
 def _apt_install(*packages: str) -> None:
@@ -414,3 +416,44 @@ def test_the_server_log_names_no_patient(server, browser):
     browser.get(url + f"/api/results?patient={PATIENT}")
     text = log.read_text()
     assert "session completed" in text and PATIENT not in text and "HOME-5" not in text
+
+
+# -- Simplified Chinese, SI units, large text (issue 21) ------------------------------------------------------
+
+def test_a_patient_and_a_nurse_in_chinese_with_si_units_and_large_text(server, browser):
+    """The display switches on the page itself: Chinese and SI units for the live page, the result
+    and the clinic; with large text the verdict and the pads needing attention stay on the first
+    800x480 screen. Screenshots: `<page>-zh_CN-reader.png`, `<page>-zh_CN-phone.png`."""
+    from selenium.webdriver.common.by import By
+    url = server["url"]
+    browser.get(url + "/")
+    browser.find_element(By.ID, "lang-zh_CN").click()
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "zh-CN"
+    assert browser.find_element(By.LINK_TEXT, "开始检测").is_displayed()
+    try:
+        _start_a_test(browser, url)
+        _wait(lambda: "秒后读取" in browser.find_element(By.ID, "windows").text, driver=browser)
+        assert "葡萄糖" in browser.find_element(By.ID, "windows").text
+        _check_page(browser, "live-zh_CN", first_screen=("#windows", "#cancel"))
+        _wait(lambda: "/results/" in browser.current_url, driver=browser)
+        browser.find_element(By.ID, "style-si").click()                    # the result's own units switch
+        assert "mmol/L" in browser.find_element(By.TAG_NAME, "main").text
+        assert "mg/dL" not in browser.find_element(By.TAG_NAME, "main").text
+        first = ("#verdict", "#attention") if browser.find_elements(By.ID, "attention") else ("#verdict",)
+        _check_page(browser, "result-zh_CN", first_screen=first)
+        browser.get(url + f"/results/{server['seeded']['unlinked']}")      # three alerts, four pads to look at
+        browser.find_element(By.ID, "large-text").click()
+        assert "large" in browser.find_element(By.TAG_NAME, "html").get_attribute("class")
+        assert "尿糖极高" in browser.find_element(By.ID, "safety").text
+        _check_page(browser, "result-large-zh_CN", first_screen=("#verdict", "#attention"))
+        browser.find_element(By.ID, "large-text").click()
+        browser.get(url + "/clinic")
+        if "/tech/login" in browser.current_url:          # staff still logged in from an earlier test may look too
+            _log_in(browser, url, "nurse-1", "/clinic")
+        assert "需复核的患者" in browser.find_element(By.TAG_NAME, "h1").text
+        assert "尿糖极高" in browser.find_element(By.ID, "open-alerts").text
+        _check_page(browser, "clinic-zh_CN")
+        browser.find_element(By.CSS_SELECTOR, "form[action='/tech/logout'] button").click()
+    finally:
+        for switch in ("lang=en", "style=conventional", "large=0"):
+            browser.get(url + f"/display?{switch}")

@@ -115,7 +115,9 @@ def test_the_clinic_view_lists_patients_needing_review_and_acknowledges(tmp_path
     after = client.get("/api/clinic/alerts").json()
     assert first not in [a["id"] for a in after["open"]] and after["acknowledged"][0]["acknowledged_by"] == "nurse-2"
     result_page = client.get(f"/results/{view['open'][-1]['seq']}").text
-    assert "Your clinic has been told" in result_page
+    # no lab is configured on this reader: nobody has been told, and the page says so
+    assert "Your clinic has been told" not in result_page
+    assert "This reader does not send results to a clinic" in result_page
 
 
 def test_stripread_trend_prints_each_analyte_and_draws_the_plot(tmp_path, store):

@@ -193,8 +193,8 @@ def test_cli_table_for_a_nurse(tmp_path, capsys):
     path.write_bytes(data)
     assert main(["read", str(path)]) == 0
     text = capsys.readouterr().out
-    assert text.splitlines()[0].split() == ["Analyte", "Level", "Value", "Unit", "Flags"]
-    assert "GLU" in text and "mg/dL" in text
+    assert text.splitlines()[0].split() == ["Code", "Test", "Result", "Estimate", "Notes"]
+    assert "GLU" in text and "Sugar (glucose)" in text and "mg/dL" in text
 
 
 def test_cli_missing_photo_and_bad_product(tmp_path, capsys):

@@ -16,6 +16,7 @@ from device.session import State
 from device.store import ResultStore
 from device.web.app import FORM_COOKIE, SESSION_COOKIE, WebContext, create_app
 from device.web.auth import Accounts
+from device.i18n import Words
 from device.web.plain import chart_rounded, reference_range, trend_svg
 from labdata import RESULT, fill
 
@@ -86,10 +87,11 @@ def test_a_result_opens_with_its_verdict_then_the_pads_needing_attention_in_plai
 
 def test_values_are_rounded_as_the_chart_resolves_them(product):
     glucose, blood, sg, ph = (product.pad(a) for a in ("GLU", "BLD", "SG", "PH"))
-    assert chart_rounded(glucose, 883.5) == "900" and chart_rounded(glucose, 243.7) == "240"
-    assert chart_rounded(blood, 0.08825) == "0" and chart_rounded(sg, 1.0153) == "1.015"
-    assert chart_rounded(ph, 6.52) == "6.5" and chart_rounded(product.pad("NIT"), None) is None
-    assert reference_range(product.pad("URO")) == "0.2 to 1 mg/dL" and reference_range(glucose) == "negative"
+    en = Words()
+    assert chart_rounded(glucose, 883.5, en) == "900" and chart_rounded(glucose, 243.7, en) == "240"
+    assert chart_rounded(blood, 0.08825, en) == "0" and chart_rounded(sg, 1.0153, en) == "1.015"
+    assert chart_rounded(ph, 6.52, en) == "6.5" and chart_rounded(product.pad("NIT"), None, en) is None
+    assert reference_range(product.pad("URO"), en) == "0.2 to 1 mg/dL" and reference_range(glucose, en) == "negative"
 
 
 def test_a_reading_without_a_patient_shows_its_alerts_and_says_no_clinic_was_told(web):
@@ -340,7 +342,7 @@ def test_trend_plots_use_a_time_axis_and_list_their_values(web, product):
     assert "Sugar (glucose) (mg/dL) over time" in page and "about 240 mg/dL" in page
     points = [{"at": at, "position": 1.0, "confidence": 1.0, "abnormal": False}
               for at in ("2026-01-01T10:00:00+00:00", "2026-01-02T10:00:00+00:00", "2026-01-31T10:00:00+00:00")]
-    xs = [float(x) for x in re.findall(r'<circle cx="([\d.]+)"', trend_svg("mg/dL", ["neg", "100"], points, "t"))]
+    xs = [float(x) for x in re.findall(r'<circle cx="([\d.]+)"', trend_svg(None, "mg/dL", ["neg", "100"], points, "t", Words()))]
     assert abs((xs[1] - xs[0]) / (xs[2] - xs[0]) - 1 / 30) < 1e-3          # spaced by date, not by index
     assert client.get("/api/patients/nobody/trends").status_code == 404
 

@@ -32,17 +32,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
 from pydantic import BaseModel
 
+from device import i18n, units
+from device.i18n import N_, Words
 from device.web import views
 from device.web.auth import Accounts, csrf_ok, same_secret
 from device.web.clinic import NOTE_MAX, AlertNotes
-from device.web.plain import level_words, levey_jennings_svg, plain_name, trend_svg, unit_words
+from device.web.plain import level_words, levey_jennings_svg, plain_name, trend_svg, unit_words, value_text
 from device.web.security import (LIMIT_MAX, NAME, PASSWORD_MAX, PATIENT_ID, PATIENT_ID_RULE, SEQ_MAX, USERNAME_MAX,
                                  Hardening, LoginBusy, LoginGuard)
 
 HERE = Path(__file__).parent
 SESSION_COOKIE, FORM_COOKIE = "sr_session", "sr_form"
+# a browser's own display choices (language, report style, large text); not secrets, a year long
+LANG_COOKIE, STYLE_COOKIE, LARGE_COOKIE = "sr_lang", "sr_style", "sr_large"
+BACK = re.compile(r"/(?![/\\])[^\s]{0,300}")      # where a display switch returns: a path on this site only
 SEVERITY_ORDER = ("info", "warning", "urgent")
 INSERT_DELAY_S = 2.0       # simulated reader: the patient puts the strip in two seconds after "start"
 FORM_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")   # secrets.token_urlsafe(24): anything else is not ours
@@ -89,6 +95,8 @@ class WebContext:
     lab: bool = False               # a lab is configured: alerts are sent to a clinic
     contact: str | None = None      # whom a patient contacts when QC locks the reader ($STRIPREAD_CONTACT)
     charts: dict = field(default_factory=dict)   # Levey-Jennings PNGs by (control, newest run id)
+    locale: str = i18n.DEFAULT_LOCALE   # the device's language (i18n.choose_locale) until a browser chooses its own
+    style: str = i18n.DEFAULT_STYLE     # the device's report style (i18n.choose_style), likewise
 
 
 def create_app(context: WebContext) -> FastAPI:
@@ -97,7 +105,12 @@ def create_app(context: WebContext) -> FastAPI:
                   docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
-    templates.env.filters["plain"] = plain_name
+    templates.env.add_extension("jinja2.ext.i18n")
+    templates.env.install_gettext_callables(_gettext, _ngettext, newstyle=True)   # each page's own `words`
+    templates.env.filters["plain"] = lambda code, words: plain_name(code, words)
+    templates.env.filters["retell"] = lambda text, words: words.retell(text, RETOLD)
+    # a message held in a variable, translated and then escaped like any text (`_()` would mark it safe)
+    templates.env.filters["translate"] = lambda text, words: words.gettext(str(text))
     product = context.product
     guard = context.login_guard or LoginGuard()
     contact = context.contact or os.environ.get("STRIPREAD_CONTACT") or DEFAULT_CONTACT
@@ -117,12 +130,26 @@ def create_app(context: WebContext) -> FastAPI:
             return RedirectResponse("/tech/login", status_code=303)
         return await call_next(request)
 
+    def words_of(request: Request) -> Words:
+        """This browser's language and report style (its cookies), else the device's."""
+        locale = i18n.match_locale(request.cookies.get(LANG_COOKIE, "")) or context.locale
+        style = request.cookies.get(STYLE_COOKIE)
+        return Words(locale, style if style in i18n.STYLES else context.style)
+
+    def render(request: Request, name: str, values: dict, status_code: int) -> HTMLResponse:
+        """A page in the browser's language, with the display switches every page carries."""
+        words = words_of(request)
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        back = back if BACK.fullmatch(back) else "/"            # a hostile megabyte of path is not echoed back
+        display = {"words": words, "back": back, "large": request.cookies.get(LARGE_COOKIE) == "1",
+                   "languages": [(code, name_) for code, name_ in i18n.LANGUAGE_NAMES.items() if code != words.locale]}
+        return templates.TemplateResponse(request, name, {**display, **values}, status_code=status_code)
+
     def page(request: Request, name: str, status_code: int = 200, **values) -> HTMLResponse:
         form_token = request.cookies.get(FORM_COOKIE, "")
         if not FORM_TOKEN.fullmatch(form_token):
             form_token = secrets.token_urlsafe(24)
-        response = templates.TemplateResponse(request, name, {"form_token": form_token, "user": staff(request),
-                                                              **values}, status_code=status_code)
+        response = render(request, name, {"form_token": form_token, "user": staff(request), **values}, status_code)
         response.set_cookie(FORM_COOKIE, form_token, httponly=True, samesite="strict", secure=context.https)
         return response
 
@@ -145,15 +172,34 @@ def create_app(context: WebContext) -> FastAPI:
         """A staff member's state-changing form: logged in with the role, and the session's CSRF token echoed."""
         session = require(request, role)
         if not csrf_ok(session, csrf):
-            raise HTTPException(403, "missing or wrong CSRF token")
+            raise HTTPException(403, N_("missing or wrong CSRF token"))
         return session
 
     def form_ok(request: Request, token: str) -> None:
         """Anonymous forms: the hidden token must match the page's cookie (double submit)."""
         if not same_secret(request.cookies.get(FORM_COOKIE), token):
-            raise HTTPException(403, "This form has expired: go back, reload the page and try again.")
+            raise HTTPException(403, N_("This form has expired: go back, reload the page and try again."))
 
     # -- patient and nurse -------------------------------------------------------------------------
+
+    @app.get("/display", include_in_schema=False)
+    def display(lang: Annotated[str | None, Query(max_length=20)] = None,
+                style: Annotated[str | None, Query(pattern="^(conventional|si|plus)$")] = None,
+                large: Annotated[str | None, Query(pattern="^[01]$")] = None,
+                back: Annotated[str, Query(max_length=300)] = "/"):
+        """A display switch (every page's header, the result's units): remembered by this browser,
+        then back to the page it was pressed on. A language without a catalogue is refused."""
+        response = RedirectResponse(back if BACK.fullmatch(back) else "/", status_code=303)
+        year = 365 * 86400
+        if lang is not None:
+            locale = i18n.match_locale(lang)
+            if locale is None:
+                raise HTTPException(400, f"no catalogue for the language {lang!r}: {', '.join(i18n.LOCALES)}")
+            response.set_cookie(LANG_COOKIE, locale, max_age=year, samesite="lax", secure=context.https)
+        for cookie, value in ((STYLE_COOKIE, style), (LARGE_COOKIE, large)):
+            if value is not None:
+                response.set_cookie(cookie, value, max_age=year, samesite="lax", secure=context.https)
+        return response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home(request: Request):
@@ -170,15 +216,17 @@ def create_app(context: WebContext) -> FastAPI:
     @app.post("/test", include_in_schema=False)
     def start_test(request: Request, patient_id: str = Form(""), form_token: str = Form("")):
         form_ok(request, form_token)
+        words = words_of(request)
         patient = patient_id.strip() or None
         if patient is not None and not re.fullmatch(PATIENT_ID, patient):
-            return start_page(request, f"Not started: {PATIENT_ID_RULE}.", 400)
+            return start_page(request, words("Not started: a patient ID is 1 to 64 letters, digits, '.', '_' or '-'."),
+                              400)
         if context.service is None:
-            raise HTTPException(409, "No reader is running here: start `stripread run` or `stripread serve`.")
+            raise HTTPException(409, N_("No reader is running here: start `stripread run` or `stripread serve`."))
         if in_progress():          # a second Start would end the running test: offer to go back to it
-            return start_page(request, "Not started: a test is already in progress.", 409)
+            return start_page(request, words("Not started: a test is already in progress."), 409)
         if qc_state()["locked"]:
-            return start_page(request, "Not started: patient tests are locked.", 423)
+            return start_page(request, words("Not started: patient tests are locked."), 423)
         begin(patient, None, "patient")
         return RedirectResponse(f"/test/live?after={started['after']}", status_code=303)
 
@@ -197,8 +245,11 @@ def create_app(context: WebContext) -> FastAPI:
         if after is not None and state.get("sessions", 0) > after and last is not None:
             target = f"/tech/qc/result/{last['seq']}?control={control}" if control else f"/results/{last['seq']}"
             return RedirectResponse(target, status_code=303)
-        return page(request, "live.html", state=state, groups=read_groups(state), after=after, control=control,
-                    refresh=REFRESH_S if after is not None else None)
+        words = words_of(request)
+        names = {pad.analyte: plain_name(pad.analyte, words) for pad in product.pads}
+        groups = [{**g, "pads": [names[a] for a in g["analytes"]]} for g in read_groups(state)]
+        return page(request, "live.html", state=state, groups=groups, after=after, control=control,
+                    refresh=REFRESH_S if after is not None else None, names=names)
 
     @app.post("/test/cancel", include_in_schema=False)
     def cancel(request: Request, form_token: str = Form(""), after: Annotated[int | None, Form(ge=0)] = None):
@@ -226,7 +277,7 @@ def create_app(context: WebContext) -> FastAPI:
     def preview():
         photo = context.service.session.last_photo if context.service else None
         if photo is None:
-            raise HTTPException(404, "no capture yet")
+            raise HTTPException(404, N_("no capture yet"))
         return Response(photo, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @app.get("/results/{seq}", response_class=HTMLResponse, include_in_schema=False)
@@ -243,11 +294,13 @@ def create_app(context: WebContext) -> FastAPI:
                 history = [r for r in reversed(store.history(record.patient_id, 200)) if r.seq <= seq]
                 filed = store.alerts(patient_id=record.patient_id, limit=1000)
         result = record.result
-        rows = views.pad_rows(result, pictured) if result.get("status") == "ok" else []
-        line, tone = views.verdict(result, rows)
-        return page(request, "result.html", record=_record_json(record), rows=rows, verdict=line, tone=tone,
-                    qc=views.is_qc(result), steps=views.advice(result, rows),
-                    safety=views.safety(context.rules, record, history, filed, context.lab))
+        words = words_of(request)
+        rows = views.pad_rows(result, words, pictured) if result.get("status") == "ok" else []
+        line, tone = views.verdict(result, rows, words)
+        return page(request, "result.html", record=_record_json(record, words), rows=rows, verdict=line, tone=tone,
+                    qc=views.is_qc(result), steps=views.advice(result, rows, words),
+                    safety=views.safety(context.rules, record, history, filed, context.lab, words),
+                    styles=STYLE_NAMES)
 
     @app.get("/api/results/{seq}", responses={**NOT_LOGGED_IN, **NOT_FOUND})
     def result_json(seq: Seq) -> dict:
@@ -259,13 +312,14 @@ def create_app(context: WebContext) -> FastAPI:
         with ResultStore(context.db) as store:
             png = store.thumbnails(stored(seq)["result_id"]).get(analyte)
         if png is None:
-            raise HTTPException(404, "no picture of this pad")
+            raise HTTPException(404, N_("no picture of this pad"))
         return Response(png, media_type="image/png")
 
     @app.get("/history", response_class=HTMLResponse, include_in_schema=False)
     def history(request: Request):
         """Patients' readings only: control strips are the technician's (QC records)."""
-        return page(request, "history.html", records=[r for r in results(None, 200) if not r["qc"]][:50])
+        words = words_of(request)
+        return page(request, "history.html", records=[r for r in results(None, 200, words) if not r["qc"]][:50])
 
     @app.get("/api/results", responses=NOT_LOGGED_IN)
     def results_json(patient: Annotated[str | None, Query(pattern=PATIENT_ID, description=PATIENT_ID_RULE)] = None,
@@ -279,23 +333,25 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/patients/{patient_id}", response_class=HTMLResponse, include_in_schema=False)
     def patient_page(request: Request, patient_id: PatientId):
-        plots = [{"id": f"trend-{t['analyte']}", "name": plain_name(t["analyte"]), "unit": unit_words(t["unit"]),
-                  "svg": trend_svg(t["unit"], t["levels"], t["points"], f"trend-{t['analyte']}"),
-                  "points": [{**p, "when": _local(p["at"]), "level_text": level_words(p["level"], t["unit"]),
-                              "value_text": point_value(t, p["value"])} for p in t["points"]]}
-                 for t in patient_trends(patient_id)]
-        return page(request, "patient.html", patient_id=patient_id, plots=plots,
-                    records=[r for r in results(patient_id, 50) if not r["qc"]])
+        words = words_of(request)
+        plots = []
+        for t in patient_trends(patient_id):
+            pad = next((p for p in product.pads if p.analyte == t["analyte"]), None)
+            unit = t["unit"] if pad is None else units.converted(pad.analyte, pad.unit, 1.0, words.style)[1]
+            plots.append({"id": f"trend-{t['analyte']}", "name": plain_name(t["analyte"], words),
+                          "unit": unit_words(unit, words),
+                          "svg": trend_svg(pad, t["unit"], t["levels"], t["points"], f"trend-{t['analyte']}", words),
+                          "points": [{**p, "when": _local(p["at"], words),
+                                      "level_text": level_words(pad, p["level"], words) if pad else p["level"],
+                                      "value_text": value_text(pad, p["value"], words) if pad else None}
+                                     for p in t["points"]]})
+        return page(request, "patient.html", patient_id=patient_id, plots=plots, styles=STYLE_NAMES,
+                    records=[r for r in results(patient_id, 50, words) if not r["qc"]])
 
     @app.get("/api/patients/{patient_id}/trends", responses={**NOT_LOGGED_IN, **NOT_FOUND})
     def trends_json(patient_id: PatientId) -> list[dict]:
         """Each analyte's readings over time: chart position, confidence, abnormal flag."""
         return patient_trends(patient_id)
-
-    def point_value(line: dict, value: float | None) -> str | None:
-        """A trend point's estimate rounded as its pad's chart resolves it (None for ratios and nominal pads)."""
-        pad = next((p for p in product.pads if p.analyte == line["analyte"]), None)
-        return views.value_text(pad, value, line["unit"])
 
     # -- staff ------------------------------------------------------------------------------------
 
@@ -317,10 +373,11 @@ def create_app(context: WebContext) -> FastAPI:
         try:
             signed_in = guard.check(check_password, username, password)
         except LoginBusy:
-            return login_refused(request, "The reader is busy checking other logins: try again in a moment.", 503, 1)
+            return login_refused(request, N_("The reader is busy checking other logins: try again in a moment."),
+                                 503, 1)
         guard.record(username, address, succeeded=signed_in is not None)
         if signed_in is None:
-            return login_refused(request, "Wrong name or password.", 401)
+            return login_refused(request, N_("Wrong name or password."), 401)
         token, session = signed_in
         landing = next if next in ALLOWED_NEXT else "/tech" if session.role == "technician" else "/clinic"
         if landing == "/tech" and not session.may("technician"):
@@ -353,14 +410,14 @@ def create_app(context: WebContext) -> FastAPI:
     def technician_page(request: Request):
         session = require(request, "technician")
         return page(request, "tech.html", csrf=session.csrf, status=technician_status(), controls=control_guidance(),
-                    charts=qc_charts(), live=context.service is not None, busy=in_progress())
+                    charts=qc_charts(words_of(request)), live=context.service is not None, busy=in_progress())
 
     @app.get("/api/tech/status", responses=NOT_LOGGED_IN)
     def technician_json(request: Request) -> dict:
         """Calibration records, QC, lab sync and device health (technicians only)."""
         session = staff(request)
         if session is None or not session.may("technician"):
-            raise HTTPException(401, "log in as a technician")
+            raise HTTPException(401, N_("log in as a technician"))
         return technician_status()
 
     @app.post("/tech/qc/run", include_in_schema=False)
@@ -368,9 +425,9 @@ def create_app(context: WebContext) -> FastAPI:
         """A control strip read on the reader as a patient's is (the CLI's `qc run`), then judged."""
         session = staff_form(request, csrf, "technician")
         if context.service is None:
-            raise HTTPException(409, "No reader is running here: run `stripread qc run` on the reader instead.")
+            raise HTTPException(409, N_("No reader is running here: run `stripread qc run` on the reader instead."))
         if in_progress():
-            raise HTTPException(409, "A test is in progress: wait for it to finish, then run QC.")
+            raise HTTPException(409, N_("A test is in progress: wait for it to finish, then run QC."))
         from device.technician import _control
         definition, _ = _control(control)
         begin(None, session.username, "qc", levels={a.analyte: a.target for a in definition.analytes})
@@ -410,17 +467,19 @@ def create_app(context: WebContext) -> FastAPI:
         with Records(context.db) as records:
             newest = records.latest("qc", control_id)
             if newest is None:
-                raise HTTPException(404, "no runs of this control")
-            key = (control_id, newest.id)
+                raise HTTPException(404, N_("no runs of this control"))
+            words = words_of(request)
+            key = (control_id, newest.id, words.locale)
             with chart_lock:
                 png = context.charts.get(key)
             if png is None:
                 control, series = control_runs(records, control_id)
                 buffer = io.BytesIO()
-                levey_jennings_png(control, series, buffer)
+                levey_jennings_png(control, series, buffer, words)
                 png = buffer.getvalue()
                 with chart_lock:
-                    context.charts = {k: v for k, v in context.charts.items() if k[0] != control_id}
+                    context.charts = {k: v for k, v in context.charts.items()   # this control's older runs go
+                                      if k[0] != control_id or k[1] == newest.id}
                     context.charts[key] = png
         return Response(png, media_type="image/png")
 
@@ -428,13 +487,21 @@ def create_app(context: WebContext) -> FastAPI:
     def clinic(request: Request):
         """Patients needing review: open alerts, newest first, each with the patient's history."""
         session = require(request, "nurse")
-        return page(request, "clinic.html", csrf=session.csrf, note_max=NOTE_MAX, **clinic_view())
+        words = words_of(request)
+        view = clinic_view()
+        for alert in view["open"] + view["acknowledged"]:
+            alert["shown"] = views.alert_words(context.rules, alert, words)
+            alert["when"] = _local(alert["created_at"], words)
+            alert["done_at"] = alert["acknowledged_at"] and _local(alert["acknowledged_at"], words)
+        for patient in view["review"]:
+            patient["when"] = _local(patient["newest"], words)
+        return page(request, "clinic.html", csrf=session.csrf, note_max=NOTE_MAX, **view)
 
     @app.get("/api/clinic/alerts", responses=NOT_LOGGED_IN)
     def clinic_json(request: Request) -> dict:
         """Open and recent alerts (clinic staff only)."""
         if staff(request) is None:
-            raise HTTPException(401, "log in as clinic staff")
+            raise HTTPException(401, N_("log in as clinic staff"))
         return clinic_view()
 
     @app.post("/clinic/alerts/{alert_row}/acknowledge", include_in_schema=False)
@@ -480,8 +547,8 @@ def create_app(context: WebContext) -> FastAPI:
             return RedirectResponse(exc.headers["Location"], status_code=303)
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-        return templates.TemplateResponse(request, "error.html", {"message": exc.detail, "user": None},
-                                          status_code=exc.status_code)
+        return render(request, "error.html", {"message": words_of(request).gettext(str(exc.detail)), "user": None,
+                                              "in_progress": "in progress" in str(exc.detail)}, exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     def bad_request(request: Request, exc: RequestValidationError):
@@ -496,8 +563,8 @@ def create_app(context: WebContext) -> FastAPI:
             return JSONResponse({"detail": errors}, status_code=422)
         status = 404 if any(e["loc"][:1] == ["path"] for e in errors) else 400
         message = "; ".join(dict.fromkeys(e["msg"] for e in errors))
-        return templates.TemplateResponse(request, "error.html", {"message": message[:1].upper() + message[1:] + ".",
-                                                                  "user": None}, status_code=status)
+        return render(request, "error.html", {"message": message[:1].upper() + message[1:] + ".", "user": None},
+                      status)
 
     # -- the data behind the pages ----------------------------------------------------------------
 
@@ -507,7 +574,8 @@ def create_app(context: WebContext) -> FastAPI:
     def read_groups(state: dict) -> list[dict]:
         """Each read time with the pads read then (plain names) and the seconds left, if counting."""
         elapsed = state.get("elapsed_s")
-        return [{"at_s": t, "pads": [plain_name(p.analyte) for p in product.pads if p.read_at_s == t],
+        return [{"at_s": t, "analytes": [p.analyte for p in product.pads if p.read_at_s == t],
+                 "pads": [plain_name(p.analyte, ENGLISH) for p in product.pads if p.read_at_s == t],
                  "left_s": None if elapsed is None else max(0, round(t - elapsed))} for t in read_times()]
 
     def in_progress() -> bool:
@@ -552,7 +620,7 @@ def create_app(context: WebContext) -> FastAPI:
         return [{"name": name, "title": definition.name, "guidance": qc_guidance(definition)}
                 for name, (definition, _) in ((name, _control(name)) for name in CONTROLS)]
 
-    def qc_charts() -> list[dict]:
+    def qc_charts(words: Words) -> list[dict]:
         """Each control's runs of its current lot: a Levey-Jennings plot per pad and the runs as a table."""
         from calibration.records import Records
         from device.calibrations import control_runs
@@ -567,10 +635,11 @@ def create_app(context: WebContext) -> FastAPI:
                             for run in series if (found := run.analyte(analyte)) is not None and found.z is not None]
                     if runs:
                         label = f"lj-{control_id}-{analyte}"
-                        panels.append({"id": label, "name": plain_name(analyte),
-                                       "svg": levey_jennings_svg(runs, label)})
+                        panels.append({"id": label, "name": plain_name(analyte, words),
+                                       "svg": levey_jennings_svg(runs, label, words)})
                 charts.append({"id": control_id, "name": control.name, "lot": control.material_lot, "panels": panels,
-                               "runs": [{"at": _local(run.at.isoformat()), "passed": run.passed, "summary": run.summary}
+                               "runs": [{"at": _local(run.at.isoformat(), words), "passed": run.passed,
+                                         "summary": run.summary}
                                         for run in reversed(series)][:20]})
         return charts
 
@@ -582,10 +651,10 @@ def create_app(context: WebContext) -> FastAPI:
             raise HTTPException(404, f"no record #{seq}")
         return _record_json(record)
 
-    def results(patient: str | None, limit: int) -> list[dict]:
+    def results(patient: str | None, limit: int, words: Words = ENGLISH) -> list[dict]:
         from device.store import ResultStore
         with ResultStore(context.db) as store:
-            return [_record_json(r) for r in store.history(patient, limit)]
+            return [_record_json(r, words) for r in store.history(patient, limit)]
 
     def patient_trends(patient_id: str) -> list[dict]:
         from device.store import ResultStore
@@ -593,7 +662,7 @@ def create_app(context: WebContext) -> FastAPI:
         with ResultStore(context.db) as store:
             lines = series([r for r in reversed(store.history(patient_id, 500)) if not views.is_qc(r.result)])
         if not lines:
-            raise HTTPException(404, "no readings of this patient")
+            raise HTTPException(404, N_("no readings of this patient"))
         return lines
 
     def clinic_view() -> dict:
@@ -651,7 +720,7 @@ def create_app(context: WebContext) -> FastAPI:
             health["board"] = f"not answering ({type(exc).__name__})"
             return health
         limits = climate_range(session.product)
-        for label, key, unit in (("Temperature", "temperature_c", "°C"), ("Humidity", "humidity_pct", "%")):
+        for label, key, unit in ((N_("Temperature"), "temperature_c", "°C"), (N_("Humidity"), "humidity_pct", "%")):
             low, high = limits[key]
             value = health[key]
             health["checks"].append({"label": label, "value": f"{value:g} {unit}", "ok": low <= value <= high,
@@ -662,12 +731,33 @@ def create_app(context: WebContext) -> FastAPI:
     return app
 
 
-def _local(stored_at: str) -> str:
-    """A stored UTC time as the reader's local time, to the minute."""
-    return datetime.fromisoformat(stored_at).astimezone().strftime("%Y-%m-%d %H:%M")
+ENGLISH = Words()          # the JSON API's words: language-neutral, whatever a browser chose
+# messages other modules fill in (device.calibrations.qc_status, device.technician.qc_guidance), as
+# templates a page says again in its language (`Words.retell`); an unknown one stays English
+RETOLD = (N_("Quality control failed ({controls}): patient tests are locked until a technician runs a passing QC."),
+          N_("Quality control is due ({controls}): patient tests are locked until a technician runs it."),
+          N_("Quality control passed."), N_("No quality control is set up."),
+          N_("Dip a strip in {control} (lot {lot}) and put it in the tray."))
+STYLE_NAMES = {"conventional": N_("Conventional units"), "si": N_("SI units"), "plus": N_("Plus grades")}
 
 
-def _record_json(record) -> dict:
+@pass_context
+def _gettext(template_context, message: str) -> str:
+    return template_context["words"].gettext(message)
+
+
+@pass_context
+def _ngettext(template_context, singular: str, plural: str, n: int) -> str:
+    return template_context["words"].ngettext(singular, plural, n)
+
+
+def _local(stored_at: str, words: Words = ENGLISH) -> str:
+    """A stored UTC time as the reader's local time, to the minute (the API's ISO-like, a page's by its locale)."""
+    moment = datetime.fromisoformat(stored_at).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M") if words is ENGLISH else words.datetime(moment)
+
+
+def _record_json(record, words: Words = ENGLISH) -> dict:
     return {"seq": record.seq, "result_id": record.result_id, "stored_at": record.stored_at,
-            "stored_at_local": _local(record.stored_at), "patient_id": record.patient_id,
-            "qc": views.is_qc(record.result), "findings": views.findings(record.result), "result": record.result}
+            "stored_at_local": _local(record.stored_at, words), "patient_id": record.patient_id,
+            "qc": views.is_qc(record.result), "findings": views.findings(record.result, words), "result": record.result}

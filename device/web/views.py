@@ -14,15 +14,18 @@ import re
 
 from calibration.errors import SpecError
 from calibration.specs import product_of_record
-from device.alerts import reading_alerts
-from device.web.plain import (chart_rounded, level_words, next_steps, outcome_words, plain_name, reference_range,
-                              unit_words)
+from device.alerts import in_words, reading_alerts
+from device.i18n import N_, Words
+from device import units
+from device.web.plain import level_words, next_steps, outcome_words, plain_name, reference_range, value_text
 
-FLAG_WORDS = {"low_confidence": "less certain: confirm with a laboratory test", "out_of_gamut": "colour not on the chart",
-              "outside_read_window": "read too late", "unreadable": "could not be read",
-              "category_uncertain": "between two categories: repeat the test"}
+FLAG_WORDS = {"low_confidence": N_("less certain: confirm with a laboratory test"),
+              "out_of_gamut": N_("colour not on the chart"), "outside_read_window": N_("read too late"),
+              "unreadable": N_("could not be read"), "category_uncertain": N_("between two categories: repeat the test")}
 # the shipped rules' advice says the care team "has been told"; until the lab confirms, that becomes a request
-_TOLD = re.compile(r"Your care team has been\s+told(?::\s*|\s+and may contact you;\s*)(\w)")
+# (each catalogue's advice keeps the phrase, so that it can be taken out in every language)
+_TOLD = {"en": re.compile(r"Your care team has been\s+told(?::\s*|\s+and may contact you;\s*)(\w)"),
+         "zh_CN": re.compile(r"已通知您的医护团队(?:，他们可能会联系您)?[：；]\s*()")}
 
 
 def is_qc(result: dict) -> bool:
@@ -30,19 +33,19 @@ def is_qc(result: dict) -> bool:
     return result.get("session", {}).get("purpose") == "qc"
 
 
-def pad_rows(result: dict, pictured: set[str] = frozenset()) -> list[dict]:
-    """Every pad (and derived ratio) of an `ok` reading, those that need attention first;
-    `pictured`: the pads whose photographed crop is stored."""
+def pad_rows(result: dict, words: Words, pictured: set[str] = frozenset()) -> list[dict]:
+    """Every pad (and derived ratio) of an `ok` reading in the words' language and report style,
+    those that need attention first; `pictured`: the pads whose photographed crop is stored."""
     try:
         product = product_of_record(result["product"])
     except (SpecError, KeyError):
         product = None
-    rows = [_pad_row(product, entry, entry["analyte"] in pictured) for entry in result.get("analytes", [])]
-    rows += [_ratio_row(entry) for entry in result.get("derived", [])]
+    rows = [_pad_row(product, entry, entry["analyte"] in pictured, words) for entry in result.get("analytes", [])]
+    rows += [_ratio_row(entry, words) for entry in result.get("derived", [])]
     return sorted(rows, key=lambda row: not row["attention"])        # stable: chart order within each group
 
 
-def _pad_row(product, entry: dict, pictured: bool) -> dict:
+def _pad_row(product, entry: dict, pictured: bool, words: Words) -> dict:
     pad = None
     if product is not None:
         try:
@@ -50,111 +53,121 @@ def _pad_row(product, entry: dict, pictured: bool) -> dict:
         except KeyError:
             pass
     level = next((lv for lv in pad.levels if lv.code == entry.get("level")), None) if pad else None
-    unit = pad.unit if pad else entry.get("unit")
     abnormal = "abnormal" in entry.get("flags", [])
-    return {"analyte": entry["analyte"], "name": plain_name(entry["analyte"]), "level": entry.get("level"),
-            "level_text": level_words(entry.get("level"), unit, _plus(product, entry["analyte"], entry.get("level"))),
-            "value_text": value_text(pad, entry.get("value"), unit) if entry.get("level") is not None else None,
-            "range": reference_range(pad) if pad else None, "chart": level.srgb if level else None,
+    return {"analyte": entry["analyte"], "name": plain_name(entry["analyte"], words), "level": entry.get("level"),
+            "level_text": level_words(pad, entry.get("level"), words),
+            "value_text": value_text(pad, entry.get("value"), words) if entry.get("level") is not None else None,
+            "range": reference_range(pad, words) if pad else None, "chart": level.srgb if level else None,
             "thumbnail": pictured, "abnormal": abnormal, "attention": abnormal or entry.get("level") is None,
-            "flags": entry.get("flags", []), "notes": _notes(entry.get("flags", []))}
+            "flags": entry.get("flags", []), "notes": _notes(entry.get("flags", []), words)}
 
 
-def _plus(product, analyte: str, code: str | None) -> str | None:
-    """The level's plus grade ("2+") where the product file gives one (the Level type does not keep it)."""
-    pads = product.source.get("pads", []) if product is not None else []
-    levels = next((p["levels"] for p in pads if p.get("analyte") == analyte), [])
-    return next((lv.get("plus") for lv in levels if lv.get("code") == code), None)
-
-
-def _ratio_row(entry: dict) -> dict:
-    unit = entry.get("unit")
+def _ratio_row(entry: dict, words: Words) -> dict:
     abnormal = "abnormal" in entry.get("flags", [])
-    first = "A1 (below 30 mg/g)" if entry.get("code") == "ACR" else None
-    value = entry.get("value")
-    return {"analyte": entry["code"], "name": plain_name(entry["code"]), "level": entry.get("category"),
-            "level_text": entry.get("category") or "not read",
-            "value_text": None if value is None else f"about {value:.2g} {unit}" if value < 100 else
-            f"about {round(value, -1):.0f} {unit}", "range": first, "chart": None, "thumbnail": False,
+    first = None
+    if entry.get("code") == "ACR":         # category A1 ends at 30 mg/g (KDIGO)
+        limit, unit = units.converted("ACR", "mg/g", 30.0, words.style)
+        first = words("A1 (below {limit})", limit=f"{words.number(limit, units.significant(limit))} {unit}")
+    value_shown = None
+    if entry.get("value") is not None:
+        value, unit = units.converted(entry["code"], entry.get("unit"), entry["value"], words.style)
+        amount = words.number(round(value, -1) if value >= 100 else value, units.significant(value))
+        value_shown = words("about {value}", value=f"{amount} {unit}")
+    return {"analyte": entry["code"], "name": plain_name(entry["code"], words), "level": entry.get("category"),
+            "level_text": entry.get("category") or words("not read"), "value_text": value_shown,
+            "range": first, "chart": None, "thumbnail": False,
             "abnormal": abnormal, "attention": abnormal or entry.get("category") is None,
-            "flags": entry.get("flags", []), "notes": _notes(entry.get("flags", []))}
+            "flags": entry.get("flags", []), "notes": _notes(entry.get("flags", []), words)}
 
 
-def value_text(pad, value: float | None, unit: str | None) -> str | None:
-    """"about 900 mg/dL": the estimate as far as the chart resolves it; None without a numeric chart."""
-    rounded = chart_rounded(pad, value) if pad else None
-    if rounded is None:
-        return None
-    return f"about {rounded} {unit_words(unit)}".strip()
+def _notes(flags: list[str], words: Words) -> str:
+    return words("; ").join(words.gettext(FLAG_WORDS[f]) for f in flags if f in FLAG_WORDS)
 
 
-def _notes(flags: list[str]) -> str:
-    return "; ".join(FLAG_WORDS[f] for f in flags if f in FLAG_WORDS)
-
-
-def verdict(result: dict, rows: list[dict]) -> tuple[str, str]:
+def verdict(result: dict, rows: list[dict], words: Words) -> tuple[str, str]:
     """(the one line a person reads first, its tone: ok, attention, neutral)."""
     if is_qc(result):
-        return "Quality-control strip: a check of the reader, not a patient's result.", "neutral"
+        return words("Quality-control strip: a check of the reader, not a patient's result."), "neutral"
     if result.get("status") != "ok":
-        return "No result: " + (result.get("message") or result.get("error", {}).get("message", "not read")), \
-            "attention"
+        code = result.get("outcome") or result.get("error", {}).get("code")
+        reason = outcome_words(code, words) if code else words("not read")
+        return words("No result: {reason}.", reason=reason), "attention"
     abnormal = sum(row["abnormal"] for row in rows)
     unread = sum(row["level"] is None for row in rows)
     if not abnormal and not unread:
-        return "All results are in the normal range.", "ok"
+        return words("All results are in the normal range."), "ok"
     parts = []
     if abnormal:
-        parts.append(f"{abnormal} result{'s' if abnormal > 1 else ''} need{'' if abnormal > 1 else 's'} attention")
+        parts.append(words.ngettext("{n} result needs attention", "{n} results need attention", abnormal)
+                     .format(n=abnormal))
     if unread:
-        parts.append(f"{unread} pad{'s' if unread > 1 else ''} could not be read")
-    return ", ".join(parts).capitalize() + ".", "attention"
+        parts.append(words.ngettext("{n} pad could not be read", "{n} pads could not be read", unread).format(n=unread))
+    if len(parts) == 2:
+        return words("{first}, {second}.", first=parts[0], second=parts[1]), "attention"
+    return words("{only}.", only=parts[0]), "attention"
 
 
-def advice(result: dict, rows: list[dict]) -> list[str]:
-    return [] if is_qc(result) or result.get("status") != "ok" else next_steps(rows)
+def advice(result: dict, rows: list[dict], words: Words) -> list[str]:
+    return [] if is_qc(result) or result.get("status") != "ok" else next_steps(rows, words)
 
 
-def safety(rules, record, history, stored: list[dict], lab: bool) -> dict:
+def safety(rules, record, history, stored: list[dict], lab: bool, words: Words) -> dict:
     """The warnings this reading raises under the alert rules, each with what the clinic knows.
     `history`: the patient's StoredResults up to and including `record`, oldest first ([record]
     when no patient is linked); `stored`: the patient's stored alerts (any state)."""
     if is_qc(record.result) or record.result.get("status") != "ok":
         return {"unlinked": False, "alerts": []}
     unlinked = record.patient_id is None
+    told_phrase = _TOLD[words.locale]
     shown = []
     for alert in reading_alerts(rules, history):
         filed = max((a for a in stored if a["condition_key"] == alert.condition_key and a["seq"] <= record.seq),
                     key=lambda a: a["seq"], default=None)
         told = not unlinked and lab and filed is not None and filed["delivery"] == "sent"
-        shown.append({"severity": alert.severity, "title": alert.title,
-                      "advice": alert.advice if told else _TOLD.sub(lambda m: m[1].upper(), alert.advice),
-                      "clinic": _clinic_line(unlinked, lab, filed)})
+        texts = alert_words(rules, alert, words)
+        shown.append({"severity": alert.severity, "severity_text": severity_words(alert.severity, words),
+                      "title": texts["title"],
+                      "advice": texts["advice"] if told else told_phrase.sub(lambda m: m[1].upper(), texts["advice"]),
+                      "clinic": _clinic_line(unlinked, lab, filed, words)})
     return {"unlinked": unlinked, "alerts": shown}
 
 
-def _clinic_line(unlinked: bool, lab: bool, filed: dict | None) -> str:
+def alert_words(rules, alert, words: Words) -> dict[str, str]:
+    """An alert (raised now, or stored) in the words' language."""
+    return in_words(rules, alert, words, lambda code: plain_name(code, words))
+
+
+SEVERITY_WORDS = {"info": N_("info"), "warning": N_("warning"), "urgent": N_("urgent")}
+
+
+def severity_words(severity: str, words: Words) -> str:
+    return words.gettext(SEVERITY_WORDS.get(severity, severity))
+
+
+def _clinic_line(unlinked: bool, lab: bool, filed: dict | None, words: Words) -> str:
     if unlinked:
-        return "No clinic has been told: this reading is not linked to a patient. Contact your care team yourself."
+        return words("No clinic has been told: this reading is not linked to a patient. "
+                     "Contact your care team yourself.")
     if not lab:
-        return "This reader does not send results to a clinic: contact your care team and show them this result."
+        return words("This reader does not send results to a clinic: contact your care team and show them "
+                     "this result.")
     if filed is None:
-        return "Your clinic has not been told about this reading: contact them and show them this result."
+        return words("Your clinic has not been told about this reading: contact them and show them this result.")
     if filed["delivery"] == "sent":
-        return "Your clinic has been told: it confirmed receiving this alert."
+        return words("Your clinic has been told: it confirmed receiving this alert.")
     if filed["delivery"] == "failed":
-        return "The reader could not tell your clinic: contact them yourself and show them this result."
-    return "Your clinic will be told when the reader next reaches it; if you feel unwell, contact them now."
+        return words("The reader could not tell your clinic: contact them yourself and show them this result.")
+    return words("Your clinic will be told when the reader next reaches it; if you feel unwell, contact them now.")
 
 
-def findings(result: dict) -> str:
+def findings(result: dict, words: Words) -> str:
     """One line for a list: the pads needing attention in plain words, or why there is no reading."""
     if is_qc(result):
-        return "quality-control strip"
+        return words("quality-control strip")
     if result.get("status") != "ok":
         code = result.get("outcome") or result.get("error", {}).get("code")
-        return "no reading: " + (outcome_words(code) if code else "not read")
-    rows = [row for row in pad_rows(result) if row["attention"]]
+        return words("no reading: {reason}", reason=outcome_words(code, words) if code else words("not read"))
+    rows = [row for row in pad_rows(result, words) if row["attention"]]
     if not rows:
-        return "all in the normal range"
-    return ", ".join(f"{row['name']} {row['level_text']}" for row in rows)
+        return words("all in the normal range")
+    return words(", ").join(f"{row['name']} {row['level_text']}" for row in rows)

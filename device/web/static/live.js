@@ -1,6 +1,7 @@
 // The live test page: asks the reader for its state twice a second, counts down each read time
 // (naming the pads read then) and the time left in all, and shows the camera's latest capture;
 // when the test is stored, opens its result. Without this script the page refreshes itself.
+// Its words come translated from the page (data-phrases), the pads' names by their codes.
 (function () {
   const root = document.getElementById("live");
   const state = document.getElementById("state");
@@ -9,6 +10,8 @@
   const preview = document.getElementById("preview");
   const outcome = document.getElementById("outcome");
   const control = root.dataset.control;
+  const words = JSON.parse(root.dataset.phrases);
+  const fill = (phrase, s) => phrase.replace("{s}", s);
   let startedWith = root.dataset.after === "" ? null : Number(root.dataset.after);
 
   function render(s) {
@@ -19,16 +22,15 @@
                               : "/results/" + s.last_record.seq;
       return;
     }
-    state.textContent = {idle: "Put the strip in the tray, pads up, handle first", armed: "Put the strip in the tray",
-                         developing: "The pads are developing", stored: "Stored", offline: "No reader is running"}[s.state]
-                        || s.state;
+    state.textContent = words[s.state] || s.state;
     total.textContent = s.left_s === null || s.left_s === undefined
-      ? "about " + (s.total_s || 0) + " s in all once the strip is in" : s.left_s + " s left in all";
+      ? fill(words.about, s.total_s || 0) : fill(words.left, s.left_s);
     windows.replaceChildren(...(s.read_groups || []).map(function (g) {
       const li = document.createElement("li");
       const pads = document.createElement("strong");
-      pads.textContent = g.pads.join(", ");
-      li.append(pads, ": " + (g.left_s === null ? "read at " + g.at_s + " s" : g.left_s > 0 ? "read in " + g.left_s + " s" : "read"));
+      pads.textContent = g.analytes.map(code => words.names[code] || code).join(words.comma);
+      li.append(pads, words.colon + (g.left_s === null ? fill(words.read_at, g.at_s) : g.left_s > 0 ? fill(words.read_in, g.left_s)
+                                                                                        : words.read));
       li.className = g.left_s === 0 ? "done" : "pending";
       return li;
     }));
