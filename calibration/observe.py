@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 PATCH_INNER = 0.6            # fraction of a patch or pad side that is sampled (edges bleed)
 TOO_DARK = 80 / 255          # card white darker than this: too few grey levels left to tell pads apart
 DARK_FRAME = 45 / 255        # a whole frame this dark hides the card too: said before looking for it
+PLATEAU_SPREAD, PLATEAU_SHARE = 1.5 / 255, 0.85   # noiseless white at the top level over this share: saturated
 MIN_PATCHES, MIN_NEUTRALS = 16, 3   # unclipped, glare-free card patches the colour correction needs
 PAD_GLARE_REFUSE = 0.4       # a pad with more highlight than this cannot be read
 PATCH_GLARE_DROP = 0.3
@@ -51,6 +52,15 @@ class StripObservation:
 
 def _enough_patches(usable: np.ndarray, neutral: np.ndarray) -> bool:
     return usable.sum() >= MIN_PATCHES and (usable & neutral).sum() >= MIN_NEUTRALS
+
+
+def _saturated_plateau(white: sampling.RegionColours) -> bool:
+    """Most of the card's white at one flat top level without any noise: the camera saturated and its
+    ISP clipped the highlights to a grey below 255 (after white balance and its colour matrix), so
+    the values alone do not say "clipped". Unsaturated paper always shows the sensor's noise."""
+    lum = white.rgb.mean(axis=1)
+    flat = (white.spread < PLATEAU_SPREAD) & (lum > lum.max() - PLATEAU_SPREAD)
+    return float(flat.mean()) > PLATEAU_SHARE
 
 
 def _check_exposure(gray: np.ndarray) -> None:
@@ -133,6 +143,8 @@ class StripObserver:
             image, pose, sampling.square_grid(self._white_points, illumination.SAMPLE_HALF_MM, ppm)))
         if median(white.rgb.mean(axis=1)) < TOO_DARK:
             raise ReadError("too_dark", TOO_DARK_MESSAGE)
+        if _saturated_plateau(white):
+            raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
         light = illumination.fit_illumination(self.card, white.rgb, white.channel_clipped, self.flat_field)
         if np.any(light.glare_near(self._nominal_pad_xy)):
             raise ReadError("glare", PAD_GLARE_MESSAGE)

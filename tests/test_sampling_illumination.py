@@ -109,3 +109,17 @@ def test_white_tinted_by_a_second_light_is_not_glare(card):
     field = illumination.fit_illumination(card, encoded, np.zeros_like(encoded))
     assert field.glare_fraction == 0 and not field.white_clipped
     assert np.allclose(field.white_at(points), light, rtol=0.02)
+
+
+def test_a_white_clipped_by_the_isp_below_255_is_recognised_as_saturated():
+    """After white balance and the colour matrix an ISP may clip highlights to a flat grey (here 220
+    of 255): no value reaches the clip level, but saturated paper has lost its noise and its light
+    fall-off; real paper at the same level keeps both."""
+    from calibration.observe import _saturated_plateau
+    n = 200
+    flat = sampling.RegionColours(np.full((n, 3), 220 / 255), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros((n, 3)))
+    assert _saturated_plateau(flat)
+    rng = np.random.default_rng(0)
+    falloff = np.linspace(0.75, 0.86, n)[:, None] * np.ones(3)
+    lit = sampling.RegionColours(falloff, np.zeros(n), np.zeros(n), rng.uniform(1, 3, n) / 255, np.zeros((n, 3)))
+    assert not _saturated_plateau(lit)
