@@ -386,16 +386,15 @@ def evaluate_run(reads: Sequence[tuple[Control, Mapping[str, Any]]],
 # --- Levey-Jennings chart --------------------------------------------------------------------
 
 def levey_jennings_png(control: Control, series: Sequence[QcRun], path: str | Path | IO[bytes],
-                       words=None) -> str | Path | IO[bytes]:
+                       words) -> str | Path | IO[bytes]:
     """One PNG, 1200 px wide (80 px of title plus 200 px per row of two panels): a Levey-Jennings
     panel per analyte of the control, z of each run over time against the target and +-1/2/3 SD.
     Red: the pad failed in that run (out of range, not reported, or a rule, named beside it);
     orange: a 1-2s warning; a red ring: the run failed on something else. matplotlib is imported
     here, with the Agg canvas and no pyplot state, so importing this module stays light. Its text
-    in `words`' language (device.i18n.Words; English without)."""
+    in `words`' language (the device's translator, device.i18n.Words, passed in: calibration/ sits
+    below device/ and imports nothing of it)."""
     from matplotlib import rc_context
-    from device.i18n import Words
-    words = words or Words()
     with rc_context({"font.family": words.plot_fonts()}):
         return _levey_jennings_figure(control, series, path, words)
 

@@ -245,6 +245,7 @@ def qc_schedule(args) -> int:
 def qc_report(args) -> int:
     """A Levey-Jennings chart per control (PNG), from every stored run of its current lot."""
     from calibration.qc import levey_jennings_png
+    from device.i18n import Words
     from calibration.records import Records
     from device.calibrations import control_runs
     out = Path(args.out)
@@ -255,7 +256,7 @@ def qc_report(args) -> int:
         print("no QC runs stored yet")
         return EXIT_OK
     for control, series in charts:
-        path = levey_jennings_png(control, series, out / f"levey-jennings-{control.id}.png")
+        path = levey_jennings_png(control, series, out / f"levey-jennings-{control.id}.png", Words())
         print(f"{control.id}: {len(series)} runs -> {path}")
     return EXIT_OK
 

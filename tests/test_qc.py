@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from calibration import qc
+from device.i18n import Words
 from calibration.qc import (ControlAnalyte, QcRun, chart_position, evaluate, evaluate_run, history_from,
                             levey_jennings_png, load_control, westgard)
 
@@ -271,7 +272,7 @@ def red_pixels(image: np.ndarray) -> np.ndarray:
 def test_levey_jennings_png_is_1200_px_wide_with_a_row_per_two_panels(tmp_path, positive):
     runs = series(positive, [{t.analyte: z for t in positive.analytes} for z in WOBBLE])
     assert all(run.passed for run in runs)
-    path = levey_jennings_png(positive, runs[::-1], tmp_path / "lj.png")      # any order: sorted by time
+    path = levey_jennings_png(positive, runs[::-1], tmp_path / "lj.png", Words())      # any order: sorted by time
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = cv2.imread(str(path))
     assert image.shape == (80 + 5 * 200, 1200, 3)
@@ -286,7 +287,7 @@ def test_red_marks_the_run_where_a_rule_fired(tmp_path):
     assert [run.passed for run in drifting].count(False) == 1 and drifting[-1].summary == "2-2s on GLU"
     images = {}
     for name, runs in (("calm", calm), ("drifting", drifting)):
-        images[name] = cv2.imread(str(levey_jennings_png(control, runs, tmp_path / f"{name}.png")))
+        images[name] = cv2.imread(str(levey_jennings_png(control, runs, tmp_path / f"{name}.png", Words())))
     assert images["calm"].shape == images["drifting"].shape == (280, 1200, 3)
     assert not red_pixels(images["calm"]).any()
     columns = np.nonzero(red_pixels(images["drifting"]).any(axis=0))[0]
@@ -298,8 +299,8 @@ def test_a_pad_out_of_range_is_red_and_the_other_pads_of_that_run_ringed(tmp_pat
     runs = series(control, [{"PRO": z, "GLU": -z} for z in WOBBLE[:-1]] + [{"GLU": 3.0}])
     assert runs[-1].summary == "GLU out of range (1000, accepted 250-500)"      # and no rule fired
     assert not runs[-1].analyte("PRO").failed and all(run.passed for run in runs[:-1])
-    red = red_pixels(cv2.imread(str(levey_jennings_png(control, runs, tmp_path / "lj.png"))))
+    red = red_pixels(cv2.imread(str(levey_jennings_png(control, runs, tmp_path / "lj.png", Words()))))
     left, right = red[:, :600].sum(), red[:, 600:].sum()
     assert 0 < left < right / 2             # a thin ring on PRO; GLU's filled point and its rule's name
     with pytest.raises(ValueError, match="runs of other-ctl"):
-        levey_jennings_png(control, [QcRun("other-ctl", "L-9", AT, (), ())], tmp_path / "x.png")
+        levey_jennings_png(control, [QcRun("other-ctl", "L-9", AT, (), ())], tmp_path / "x.png", Words())
