@@ -177,6 +177,8 @@ def rss_mib():
 if sys.argv[1] == "bounded":
     bound_heap()
 def churn():                       # a worker thread handling photos: 30 MB of 300 kB blocks, freed
+    frame = bytearray(4_000_000)   # a frame-sized block freed first: glibc then raises its mmap threshold,
+    del frame                      # so the photo-sized blocks come from the threads' arenas, as in the service
     for _ in range(5):
         blocks = [bytearray(300_000) for _ in range(100)]
         del blocks
