@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 from device.session import POLL_S, ReadingSession
+from device.store import PATIENT_ID
 
 log = logging.getLogger("stripread.service")
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8     # glibc's mallopt parameters (malloc.h)
@@ -42,6 +44,9 @@ def patient_from_photo(photo: bytes) -> str | None:
     if image is None:
         return None
     text, _, _ = _QR.detectAndDecode(image)
+    if text and not re.match(PATIENT_ID, text):
+        log.warning("a QR code in view is not a patient id: the reading is kept unlinked")
+        return None
     return text or None
 
 

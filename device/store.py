@@ -32,6 +32,12 @@ from calibration.records import connect_readonly
 from device import signing
 
 log = logging.getLogger("stripread.store")
+
+# A patient id is what the FHIR `id` type allows (1-64 of [A-Za-z0-9.-]) plus "_": it goes into
+# URLs, HL7 fields and FHIR identifiers without escaping surprises, and a page listing ids stays small.
+# Every entrance checks it: the web's forms and paths, and the QR code on a patient's card.
+PATIENT_ID = r"^[A-Za-z0-9._-]{1,64}$"
+
 GENESIS = "0" * 64
 SCHEMA_VERSION = 4
 _SCHEMA = """

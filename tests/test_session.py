@@ -281,6 +281,10 @@ def test_a_patient_card_in_view_identifies_the_patient():
     code = cv2.resize(cv2.QRCodeEncoder.create().encode("P-4711"), (160, 160), interpolation=cv2.INTER_NEAREST)
     image[20:180, 20:180] = cv2.copyMakeBorder(code, 0, 0, 0, 0, cv2.BORDER_CONSTANT)[..., None]
     assert patient_from_photo(cv2.imencode(".jpg", image)[1].tobytes()) == "P-4711"
+    # a code that is no patient id (a URL, a hostile string) links nothing: the web's rule holds here too
+    code = cv2.resize(cv2.QRCodeEncoder.create().encode("<b>P 47/11</b>"), (160, 160), interpolation=cv2.INTER_NEAREST)
+    image[20:180, 20:180] = code[..., None]
+    assert patient_from_photo(cv2.imencode(".jpg", image)[1].tobytes()) is None
 
 
 def test_the_service_runs_sessions_syncs_them_logs_json_without_patient_data_and_stops_on_sigterm(tmp_path):

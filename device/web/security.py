@@ -22,12 +22,11 @@ from limits.strategies import MovingWindowRateLimiter
 from starlette.datastructures import MutableHeaders
 from starlette.responses import PlainTextResponse
 
+from device.store import PATIENT_ID
+
 log = logging.getLogger("stripread.web")
 T = TypeVar("T")
 
-# A patient id is what the FHIR `id` type allows (1-64 of [A-Za-z0-9.-]) plus "_": it goes into
-# URLs, HL7 fields and FHIR identifiers without escaping surprises, and a page listing ids stays small.
-PATIENT_ID = r"^[A-Za-z0-9._-]{1,64}$"
 PATIENT_ID_RULE = "a patient ID is 1 to 64 letters, digits, '.', '_' or '-'"
 SEQ_MAX = 2 ** 63 - 1                  # SQLite's INTEGER range: a larger number can name no record
 LIMIT_MAX = 1000
