@@ -337,11 +337,19 @@ def test_the_history_and_a_patients_trend_plots(server, browser):
 def _log_in(browser, url, name, path):
     from selenium.webdriver.common.by import By
     browser.get(url + path)
-    assert "/tech/login" in browser.current_url
+    _wait(lambda: "/tech/login" in browser.current_url, timeout=20, driver=browser)
     browser.find_element(By.ID, "username").send_keys(name)
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "login").click()
     _wait(lambda: browser.current_url.endswith(path), timeout=20, driver=browser)
+
+
+def _log_out(browser):
+    """Log out and wait until the page says so: a test that navigates at once would race the logout."""
+    from selenium.webdriver.common.by import By
+    browser.find_element(By.CSS_SELECTOR, "form[action='/tech/logout'] button").click()
+    _wait(lambda: not browser.find_elements(By.CSS_SELECTOR, "form[action='/tech/logout']"), timeout=20,
+          driver=browser)
 
 
 def test_a_nurse_reviews_the_clinic_and_acknowledges_an_urgent_alert_with_a_note_then_undoes_it(server, browser):
@@ -366,7 +374,7 @@ def test_a_nurse_reviews_the_clinic_and_acknowledges_an_urgent_alert_with_a_note
     assert "for a technician" in browser.find_element(By.TAG_NAME, "main").text   # a nurse's account stops here
     _check_page(browser, "refused")
     browser.find_element(By.CSS_SELECTOR, "a[href='/clinic']").click()
-    browser.find_element(By.CSS_SELECTOR, "form[action='/tech/logout'] button").click()
+    _log_out(browser)
 
 
 def test_a_technician_runs_qc_from_the_page_and_sees_its_verdict(server, browser):
@@ -453,7 +461,7 @@ def test_a_patient_and_a_nurse_in_chinese_with_si_units_and_large_text(server, b
         assert "需复核的患者" in browser.find_element(By.TAG_NAME, "h1").text
         assert "尿糖极高" in browser.find_element(By.ID, "open-alerts").text
         _check_page(browser, "clinic-zh_CN")
-        browser.find_element(By.CSS_SELECTOR, "form[action='/tech/logout'] button").click()
+        _log_out(browser)
     finally:
         for switch in ("lang=en", "style=conventional", "large=0"):
             browser.get(url + f"/display?{switch}")
