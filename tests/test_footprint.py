@@ -176,11 +176,14 @@ def rss_mib():
         return int(statm.read().split()[1]) * 4096 / 2**20
 if sys.argv[1] == "bounded":
     bound_heap()
+together = threading.Barrier(6)
 def churn():                       # a worker thread handling photos: 30 MB of 300 kB blocks, freed
     frame = bytearray(4_000_000)   # a frame-sized block freed first: glibc then raises its mmap threshold,
     del frame                      # so the photo-sized blocks come from the threads' arenas, as in the service
     for _ in range(5):
+        together.wait()            # all six at work at once, each in an arena of its own
         blocks = [bytearray(300_000) for _ in range(100)]
+        together.wait()
         del blocks
 before = rss_mib()
 workers = [threading.Thread(target=churn) for _ in range(6)]
