@@ -143,10 +143,12 @@ def fit_illumination(card: Card, white_rgb: np.ndarray, channel_clipped: np.ndar
         misfit = (resid < -max(4 * scale, SHADOW_LOG)) | (shoulder & ~glare)
     kept = keep.any(axis=1)
     rms = float(np.sqrt(np.mean(resid[kept] ** 2))) if kept.any() else float("inf")
-    if glare.mean() > MAX_GLARE_FRACTION and np.any(glare & ~unclipped.all(axis=1)):
-        raise ReadError("glare", CARD_GLARE_MESSAGE)     # a highlight too large to read around
-    if misfit.mean() > MAX_SHADOW_FRACTION or rms > MAX_RMS or kept.sum() < MIN_KEPT * measured.sum() or \
-            glare.mean() > MAX_GLARE_FRACTION:
+    if glare.mean() > MAX_GLARE_FRACTION:
+        # blown out somewhere: a highlight too large to read around; never blown: a shadow taken for the light
+        if np.any(glare & ~unclipped.all(axis=1)):
+            raise ReadError("glare", CARD_GLARE_MESSAGE)
+        raise ReadError("calibration_failed", UNEVEN_MESSAGE)
+    if misfit.mean() > MAX_SHADOW_FRACTION or rms > MAX_RMS or kept.sum() < MIN_KEPT * measured.sum():
         raise ReadError("calibration_failed", UNEVEN_MESSAGE)
     saturated_paper = bool(np.any(~unclipped.all(axis=1) & ~glare))   # clipped where no highlight explains it
     return IlluminationField(coefficients, card, rms, saturated_paper, points[glare], flat_field,
