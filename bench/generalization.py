@@ -156,11 +156,8 @@ class _SklearnPads:
 
     def __init__(self, product, rows):
         from models import train
-        from models.dataset import TrainingSet, _collect
-        from models.features import strip_features
-        data = TrainingSet(product)
-        for row in rows:
-            _collect(data, row.observation and (strip_features(row.observation), row.positions))
+        from models.dataset import from_rows
+        data = from_rows(product, rows)
         self.models = {pad.analyte: train.fit_analyte(*data.arrays(pad.analyte), False, 0) for pad in product.pads}
         self.product = product
 

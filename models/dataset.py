@@ -123,10 +123,15 @@ def synthetic(product_ref: str, card_ref: str, count: int, seed: int, jobs: int 
               progress: Callable[[int, int], None] | None = None, photos: Path | None = None) -> TrainingSet:
     """`count` rendered scenes of the product drawn from the whole simulated world (the photos kept
     in and reused from `photos`, if given)."""
-    product = load_product(product_ref)
+    rows = world_rows(str(product_ref), str(card_ref), training_seeds(seed, count), jobs=jobs, progress=progress,
+                      photos=photos)
+    return from_rows(load_product(product_ref), rows)
+
+
+def from_rows(product: Product, rows: Iterable[SceneRow]) -> TrainingSet:
+    """The training set of observed scenes (a refused photo counted, not learned from)."""
     data = TrainingSet(product)
-    for row in world_rows(str(product_ref), str(card_ref), training_seeds(seed, count), jobs=jobs,
-                          progress=progress, photos=photos):
+    for row in rows:
         _collect(data, row.observation and (strip_features(row.observation), row.positions))
     return data
 
