@@ -1,7 +1,7 @@
 """stripread: a quantitative urine test-strip reader for Raspberry Pi-class devices."""
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 
@@ -27,11 +27,11 @@ SIM = ["colour-science>=0.4.4", "scipy>=1.10"]
 
 setup(
     name="stripread",
-    # one file, read as it is by device.read.software_version (no metadata scan at start)
+    # one file, read as it is by device.reading.reader.software_version (no metadata scan at start)
     version=(Path(__file__).parent / "device" / "data" / "version.txt").read_text().strip(),
     description="Camera-based quantitative urine test-strip reader (card colour calibration, ONNX pad models)",
     python_requires=">=3.11",     # tomllib; Raspberry Pi OS Bookworm ships 3.11
-    packages=["device", "device.web", "calibration", "models", "firmware_bridge", "simulator"],
+    packages=find_packages(include=["device", "device.*", "calibration", "models", "firmware_bridge", "simulator"]),
     package_data={
         "calibration": ["data/cards/*.json", "data/products/*.json", "data/controls/*.toml"],
         "models": ["data/*.json", "data/*.onnx"],
@@ -61,7 +61,7 @@ setup(
         "python-multipart>=0.0.9",
         # the web login's throttle: failed attempts counted per account and per address in moving windows
         "limits>=4",
-        # the device key (Ed25519) that signs the result store's chain head (device/signing.py)
+        # the device key (Ed25519) that signs the result store's chain head (device/store/signing.py)
         "cryptography>=41",
         # dates and numbers as each language writes them (CLDR data); messages are compiled .mo files
         # read by the standard library's gettext, Babel compiles them only in a source checkout
@@ -76,6 +76,6 @@ setup(
                  "schemathesis>=4"]   # fuzzes the web API from its OpenAPI schema
         + TRAIN + SIM,
     },
-    entry_points={"console_scripts": ["stripread = device.cli:main"]},
+    entry_points={"console_scripts": ["stripread = device.cli.commands:main"]},
     cmdclass={"build_py": BuildWithCatalogues},
 )

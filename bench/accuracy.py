@@ -59,7 +59,7 @@ def register_holdout() -> None:
 @lru_cache(maxsize=None)
 def _reader(product_id: str, model: str):
     from calibration.specs import load_card, load_product
-    from device.read import Reader
+    from device.reading.reader import Reader
     from models.onnx_model import OnnxPadModel
     from models.pads import NearestChartColour
     product = load_product(product_id)

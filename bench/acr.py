@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.specs import load_card, load_product
-from device.read import Reader
+from device.reading.reader import Reader
 from models.derived import ratios
 from models.onnx_model import OnnxPadModel
 from simulator import photograph, random_scene

@@ -24,7 +24,7 @@ from accuracy import HOLDOUT_CAMERAS, HOLDOUT_ILLUMINANTS, RESULTS, register_hol
 def run_case(seed: int) -> dict:
     from calibration.correction import TERMS
     from calibration.specs import load_card, load_product
-    from device.read import Reader
+    from device.reading.reader import Reader
     from models.pads import NearestChartColour
     from simulator import scene
     rng = np.random.default_rng(seed)

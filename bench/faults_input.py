@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "device.cli"]
+CLI = [sys.executable, "-m", "device.cli.commands"]
 TIME = "/usr/bin/time"
 PEAK_MB, WALL_S = 200, 1.0       # issue 18: every bomb refused under 200 MB peak and within 1 s
 TIMEOUT_S = 20

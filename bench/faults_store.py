@@ -23,8 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from device import signing
-from device.store import ResultStore, _record_hash, examine
+from device.store import signing
+from device.store.results import ResultStore, _record_hash, examine
 
 STRIPREAD = str(Path(sys.executable).with_name("stripread"))
 SPEED = "200"                     # a 2-minute strip in 0.6 s of session time

@@ -37,7 +37,7 @@ class Served:
     def __enter__(self) -> Served:
         self.folder = Path(tempfile.mkdtemp(prefix="faults-web-"))
         db = self.folder / "results.db"
-        cli = [sys.executable, "-m", "device.cli"]
+        cli = [sys.executable, "-m", "device.cli.commands"]
         env = dict(os.environ, STRIPREAD_DATA=str(self.folder), PYTHONPATH=str(REPO))
         (self.folder / "password").write_text(PASSWORD)
         subprocess.run(cli + ["user", USER, "--password-file", str(self.folder / "password"), "--db", str(db)],

@@ -61,7 +61,7 @@ REPLAYING = """
 import sys
 from pathlib import Path
 from device import camera
-from device.cli import main
+from device.cli.commands import main
 photo = Path(sys.argv[1]).read_bytes()
 camera.SimulatedCamera.capture = lambda self: photo
 sys.exit(main(sys.argv[2:]))

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     import numpy as np
     cv2.setNumThreads(1)
     from calibration.specs import load_card, load_product
-    from device.read import Reader
+    from device.reading.reader import Reader
     from models.onnx_model import OnnxPadModel
     from simulator import scene
 

@@ -33,11 +33,11 @@ def main(argv=None) -> int:
     import cv2
     cv2.setNumThreads(1)
     from calibration.specs import load_card, load_product
-    from device.read import Reader
-    from device.rig import SimulatedRig
-    from device.service import ReaderService
-    from device.session import Clock, ReadingSession
-    from device.store import ResultStore
+    from device.reading.reader import Reader
+    from device.runtime.rig import SimulatedRig
+    from device.runtime.service import ReaderService
+    from device.runtime.session import Clock, ReadingSession
+    from device.store.results import ResultStore
     from firmware_bridge.host import ReaderBoard
     from models.onnx_model import OnnxPadModel
 

@@ -1,7 +1,7 @@
 """Results per second synced to the lab, for each transport, over TLS to loopback peers.
 
 Real readings (simulated photos read by the ONNX path) are stored N times each and drained by
-`device.sync.Syncer` to the FHIR server and the MLLP listener of `simulator/`, which run in a
+`device.lab.sync.Syncer` to the FHIR server and the MLLP listener of `simulator/`, which run in a
 process of their own on the other core, so the figure is the reader's side on one core: building
 and validating the messages (fhir.resources, hl7apy), TLS, waiting for the acknowledgement, and
 the store's fsync'd bookkeeping (and the reader's own CPU time per result, without the lab's). Also the time to build one message of each kind, and a resend
@@ -44,7 +44,7 @@ def _readings(n: int) -> list[dict]:
     """n real results: photos of random strips read by the shipped ONNX model."""
     import numpy as np
     from calibration.specs import load_card, load_product
-    from device.read import Reader
+    from device.reading.reader import Reader
     from models.onnx_model import OnnxPadModel
     from simulator import photograph, random_scene
     product = load_product()
@@ -63,11 +63,11 @@ def main(argv=None) -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     import trustme
-    from device.fhir import transaction
-    from device.hl7 import oru_message
-    from device.lab import load_config
-    from device.store import ResultStore
-    from device.sync import Syncer, destinations
+    from device.lab.fhir import transaction
+    from device.lab.hl7 import oru_message
+    from device.lab.config import load_config
+    from device.store.results import ResultStore
+    from device.lab.sync import Syncer, destinations
 
     folder = Path(tempfile.mkdtemp(prefix="stripread-bench-sync-"))
     ca = trustme.CA()

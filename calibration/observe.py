@@ -1,7 +1,7 @@
 """A photo of a strip on the reference card -> a colour-calibrated observation of its pads.
 
 Everything before the pad model: decode -> find the card -> check the image -> flatten the light ->
-correct colour -> find the strip -> pad colours in CIELAB. The read path (`device.read`) and model
+correct colour -> find the strip -> pad colours in CIELAB. The read path (`device.reading.reader`) and model
 training (`models.train`) both start from here. Failures are `ReadError`s with a schema code.
 """
 from __future__ import annotations

@@ -392,7 +392,7 @@ def levey_jennings_png(control: Control, series: Sequence[QcRun], path: str | Pa
     Red: the pad failed in that run (out of range, not reported, or a rule, named beside it);
     orange: a 1-2s warning; a red ring: the run failed on something else. matplotlib is imported
     here, with the Agg canvas and no pyplot state, so importing this module stays light. Its text
-    in `words`' language (the device's translator, device.i18n.Words, passed in: calibration/ sits
+    in `words`' language (the device's translator, device.language.i18n.Words, passed in: calibration/ sits
     below device/ and imports nothing of it)."""
     from matplotlib import rc_context
     with rc_context({"font.family": words.plot_fonts()}):

@@ -33,7 +33,7 @@ usermod --append --groups dialout,video stripread
 "$venv/bin/pip" install -q --upgrade --only-binary=:all: -c "$here/constraints-aarch64.txt" "$source_dir"
 # a venv numpy of the wrong major version breaks apt's simplejpeg, which picamera2 imports
 # (-I: the installed packages, not a checkout in the current directory)
-"$venv/bin/python" -I -c "import picamera2, cv2, onnxruntime, device.cli" ||
+"$venv/bin/python" -I -c "import picamera2, cv2, onnxruntime, device.cli.commands" ||
     fail "the installed packages do not import together (see above)"
 lab_example="$("$venv/bin/python" -I -c \
     'import device, pathlib; print(pathlib.Path(device.__file__).with_name("data") / "lab.example.toml")')"

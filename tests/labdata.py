@@ -1,5 +1,5 @@
 """A stored reading as the lab-sync tests need it: every kind of pad a lab message must express."""
-from device.store import ResultStore
+from device.store.results import ResultStore
 
 PROVENANCE = {"calibration_id": "factory", "captured_at": "2026-11-23T09:15:00+00:00", "card": "card-v1",
               "device_id": "sr-test0001", "image_sha256": "ab" * 32, "model": "onnx",

@@ -7,7 +7,7 @@ import pytest
 
 from calibration.errors import SpecError
 from calibration.specs import load_card
-from device.read import Reader
+from device.reading.reader import Reader
 from models.derived import derive, ratios
 from models.onnx_model import OnnxPadModel
 from simulator.scene import photograph, random_scene
@@ -71,10 +71,10 @@ def test_acr_strips_across_their_charts_read_with_the_right_category(acr_product
 
 
 def test_the_ratio_goes_to_the_lab_as_its_own_observation(tmp_path, acr_product):
-    from device.fhir import transaction
-    from device.hl7 import oru_message
-    from device.lab import Hl7Settings, LabConfig
-    from device.store import ResultStore
+    from device.lab.fhir import transaction
+    from device.lab.hl7 import oru_message
+    from device.lab.config import Hl7Settings, LabConfig
+    from device.store.results import ResultStore
     result = {"schema": "stripread.read/1", "status": "ok", "product": "acr-2",
               "analytes": [{**_pad("ALB", 80.0, [72.0, 88.0]), "loinc": "14957-5", "unit": "mg/L", "level": "80"},
                            {**_pad("CRE", 100.0, [90.0, 110.0]), "loinc": "2161-8", "unit": "mg/dL", "level": "100"}],

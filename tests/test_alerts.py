@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from calibration.specs import load_product
-from device.alerts import DEFAULT_RULES, AlertRulesError, Reading, evaluate, load_rules, new_alerts
+from device.monitoring.alerts import DEFAULT_RULES, AlertRulesError, Reading, evaluate, load_rules, new_alerts
 
 T0 = datetime(2024, 3, 1, 8, 30, tzinfo=timezone.utc)
 GENERIC = load_product("generic-10")

@@ -109,7 +109,7 @@ def server(tmp_path_factory):
     _ensure_chromium()
     folder = tmp_path_factory.mktemp("web")
     db, port = folder / "results.db", _free_port()
-    cli = [sys.executable, "-m", "device.cli"]
+    cli = [sys.executable, "-m", "device.cli.commands"]
     (folder / "password").write_text(PASSWORD)
     for name, role in (("tech-1", "technician"), ("nurse-1", "nurse")):
         subprocess.run(cli + ["user", name, "--role", role, "--password-file", str(folder / "password"),
@@ -136,8 +136,8 @@ def server(tmp_path_factory):
 def _seed_alerts(db) -> dict:
     """A home patient's reading with very high glucose, and one with glucose and ketones that no
     patient is linked to, stored as the reader stores them: their record numbers."""
-    from device.alerts import judge, load_rules
-    from device.store import ResultStore
+    from device.monitoring.alerts import judge, load_rules
+    from device.store.results import ResultStore
     from labdata import RESULT
 
     def reading(**levels):
@@ -151,9 +151,9 @@ def _seed_alerts(db) -> dict:
 
 
 def _negative_control_photo() -> bytes:
-    from device.technician import _control
+    from calibration.in_force import find_control
     from simulator.scene import photograph, random_scene
-    control, _ = _control("negative")
+    control, _ = find_control("negative")
     rng = np.random.default_rng(3)
     spec = random_scene(rng, product=control.product, resolution=(1456, 1088), glare=None,
                         levels={a.analyte: a.target for a in control.analytes})
@@ -232,8 +232,8 @@ def _shoot(driver, name: str, label: str) -> None:
 
 def _expected_alert_titles(db, seq: int) -> set[str]:
     """What the alert rules say about a stored reading, computed here from the store itself."""
-    from device.alerts import load_rules, reading_alerts
-    from device.store import ResultStore
+    from device.monitoring.alerts import load_rules, reading_alerts
+    from device.store.results import ResultStore
     with ResultStore(db) as store:
         record = store.get(seq)
         history = [record] if record.patient_id is None else \

@@ -142,7 +142,7 @@ def test_records_are_named_by_their_content_and_show_tampering(tmp_path):
 
 def test_calibrate_camera_on_the_simulated_reader_then_readings_name_it(tmp_path):
     db = tmp_path / "results.db"
-    cli = [sys.executable, "-m", "device.cli"]
+    cli = [sys.executable, "-m", "device.cli.commands"]
     run = subprocess.run(cli + ["calibrate", "camera", "--simulate", "--yes", "--photos", "3", "--db", str(db)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr

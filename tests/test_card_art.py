@@ -6,7 +6,7 @@ import numpy as np
 
 from calibration import card_art
 from calibration.detect import find_card
-from device.cli import main
+from device.cli.commands import main
 
 
 def _png_dpi(png: bytes) -> float:

@@ -17,7 +17,7 @@ from calibration.correction import MAX_RESIDUAL_DE00
 from calibration.errors import ReadError
 from calibration.observe import StripObserver
 from calibration.specs import Card, load_card, load_product
-from device.read import Reader
+from device.reading.reader import Reader
 from models.pads import NearestChartColour
 from simulator import scene
 

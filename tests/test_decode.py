@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from calibration.decode import MAX_FILE_BYTES, check_limits, decode, read_header, read_photo
 from calibration.errors import ReadError
-from device.camera import CameraLost, ReplayCamera
-from device.cli import main
+from device.runtime.camera import CameraLost, ReplayCamera
+from device.cli.commands import main
 from simulator import hostile
 
 FUZZ = settings(max_examples=150, deadline=timedelta(seconds=5),

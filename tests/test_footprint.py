@@ -17,15 +17,15 @@ import pytest
 from calibration import card_art, illumination
 from calibration.errors import ReadError
 from calibration.quantiles import median, percentile
-from device import cli
-from device.read import software_version
+from device.cli import commands as cli
+from device.reading.reader import software_version
 from models.onnx_model import OnnxPadModel, default_model_path
 from simulator import scene
 
 ROOT = Path(__file__).resolve().parents[1]
 # loaded by a cold read for nothing: OpenSSL (hashlib), SQLite without a store, the signing key's
 # cryptography, the store, a scan of every installed distribution's metadata, numpy's masked arrays
-NOT_ON_A_COLD_READ = ("hashlib", "_hashlib", "sqlite3", "cryptography", "device.store", "device.signing",
+NOT_ON_A_COLD_READ = ("hashlib", "_hashlib", "sqlite3", "cryptography", "device.store.results", "device.store.signing",
                       "importlib.metadata", "numpy.ma")
 
 
@@ -46,12 +46,12 @@ def photo(tmp_path_factory) -> Path:
 
 def test_a_cold_read_imports_the_model_runtime_and_nothing_it_does_not_use(photo, tmp_path):
     env = dict(os.environ, STRIPREAD_DATA=str(tmp_path / "data"))
-    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "device.cli", "read", str(photo), "--json"],
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "device.cli.commands", "read", str(photo), "--json"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert '"status": "ok"' in run.stdout
     imported = {ln.rpartition("|")[2].strip() for ln in run.stderr.splitlines() if ln.startswith("import time:")}
-    assert {"cv2", "onnxruntime", "device.read"} <= imported          # the photo was read with the model
+    assert {"cv2", "onnxruntime", "device.reading.reader"} <= imported          # the photo was read with the model
     assert sorted(m for m in imported if m in NOT_ON_A_COLD_READ or m.startswith("cryptography.")) == []
 
 
@@ -170,7 +170,7 @@ def test_median_and_percentile_are_numpys_to_the_last_bit():
 
 CHURN = """
 import sys, threading
-from device.service import bound_heap
+from device.runtime.service import bound_heap
 def rss_mib():
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * 4096 / 2**20

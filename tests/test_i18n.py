@@ -20,10 +20,10 @@ from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
 
-from device import units
-from device.alerts import load_rules
-from device.i18n import LOCALE_DIR, LOCALES, LanguageError, Words, choose_locale, choose_style, values_in
-from device.store import ResultStore
+from device.language import units
+from device.monitoring.alerts import load_rules
+from device.language.i18n import LOCALE_DIR, LOCALES, LanguageError, Words, choose_locale, choose_style, values_in
+from device.store.results import ResultStore
 from device.web import views
 from device.web.app import WebContext, create_app
 from device.web.plain import level_words, reference_range, value_text
@@ -189,7 +189,7 @@ def test_values_are_read_back_from_a_text_made_from_a_template():
 # -- the command line ------------------------------------------------------------------------------------
 
 def _cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "device.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "device.cli.commands", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
@@ -224,9 +224,9 @@ def photo(tmp_path_factory):
 
 
 def test_json_and_lab_messages_are_the_same_whatever_the_language_and_units(photo, tmp_path):
-    from device.fhir import transaction
-    from device.hl7 import oru_message
-    from device.lab import Hl7Settings, LabConfig
+    from device.lab.fhir import transaction
+    from device.lab.hl7 import oru_message
+    from device.lab.config import Hl7Settings, LabConfig
     results = {}
     for lang, style in (("en", "conventional"), ("zh_CN", "si"), ("zh_CN", "plus")):
         done = _cli("read", str(photo), "--json", "--lang", lang, "--units", style, "--db", str(tmp_path / "r.db"))
@@ -321,7 +321,7 @@ def test_a_trend_plot_and_a_levey_jennings_chart_draw_chinese_with_a_cjk_font(tm
     from matplotlib import font_manager
     if not any(Path(p).name.startswith("NotoSansCJK") for p in font_manager.findSystemFonts()):
         pytest.skip("Debian's fonts-noto-cjk is not installed (the browser tests install it as root)")
-    from device.trends import series, trend_png
+    from device.monitoring.trends import series, trend_png
     with ResultStore(tmp_path / "r.db") as store:
         for glucose in ("100", "250", "500"):
             store.add({**RESULT, "analytes": [dict(a, level=glucose) if a["analyte"] == "GLU" else a

@@ -1,4 +1,4 @@
-"""The lab configuration's checks (device.lab.load_config): credentials in a URL refused without
+"""The lab configuration's checks (device.lab.config.load_config): credentials in a URL refused without
 echoing them, every key's type and range, every named file usable (a CA file must hold
 certificates); each mistake a `LabConfigError` naming its key, and `stripread sync` exit 2 with
 one line, never an internal error. Fuzzed with random values under every key."""
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device.cli import main
-from device.lab import _SCHEMA, LabConfig, LabConfigError, load_config, parse_config
+from device.cli.commands import main
+from device.lab.config import _SCHEMA, LabConfig, LabConfigError, load_config, parse_config
 
 PASSWORD = "S3cretPass"
 

@@ -6,10 +6,10 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from hl7apy.parser import parse_message
 
-from device.fhir import transaction
-from device.hl7 import control_id, oru_message
-from device.lab import LabConfig, LabConfigError, LabRefusedReader, LabRejected, Hl7Settings, load_config
-from device.store import ResultStore
+from device.lab.fhir import transaction
+from device.lab.hl7 import control_id, oru_message
+from device.lab.config import LabConfig, LabConfigError, LabRefusedReader, LabRejected, Hl7Settings, load_config
+from device.store.results import ResultStore
 from labdata import ANALYTES, fill
 
 CONFIG = LabConfig(fhir=None, hl7=None, patient_system="urn:oid:2.16.840.1.113883.19.5")

@@ -239,8 +239,8 @@ def test_a_lot_calibrated_for_an_edited_chart_refuses_the_reading_instead_of_cra
     """The lot's offsets were measured from another chart (the product file was edited since): the
     reading is refused with a code of the schema, so a session stores it and the service goes on."""
     from calibration.errors import ReadError
-    from device.calibrations import ReaderCalibration
-    from device.read import Reader
+    from calibration.in_force import ReaderCalibration
+    from device.reading.reader import Reader
     stale = dataclasses.replace(strong_lot, chart_sha256="0" * 64)
     with pytest.raises(ReadError) as err:
         stale.apply(strong_held_out.observations[0])

@@ -9,8 +9,8 @@ import pytest
 
 from calibration.errors import ReadError
 from calibration.specs import builtin_products, load_card, load_product
-from device.cli import main
-from device.read import Reader
+from device.cli.commands import main
+from device.reading.reader import Reader
 from models import dataset, train
 from models.onnx_model import MODEL_VERSION, OnnxPadModel, default_model_path
 from simulator import scene

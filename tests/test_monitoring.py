@@ -9,10 +9,10 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
-from device.alerts import judge, load_rules
-from device.lab import load_config
-from device.store import ResultStore
-from device.sync import Syncer, destinations
+from device.monitoring.alerts import judge, load_rules
+from device.lab.config import load_config
+from device.store.results import ResultStore
+from device.lab.sync import Syncer, destinations
 from device.web.app import WebContext, create_app
 from device.web.auth import Accounts
 from labdata import RESULT
@@ -124,11 +124,11 @@ def test_stripread_trend_prints_each_analyte_and_draws_the_plot(tmp_path, store)
     for glucose, value in (("neg", 5.0), ("100", 110.0), ("250", 260.0), ("500", 520.0)):
         store.add(_reading(glucose, value), patient_id="P-1")
     out = tmp_path / "trend.png"
-    run = subprocess.run([sys.executable, "-m", "device.cli", "trend", "--patient", "P-1", "--out", str(out),
+    run = subprocess.run([sys.executable, "-m", "device.cli.commands", "trend", "--patient", "P-1", "--out", str(out),
                           "--db", str(store.path)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert re.search(r"GLU\s+4 tests, latest 500 .*rising", run.stdout)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    nobody = subprocess.run([sys.executable, "-m", "device.cli", "trend", "--patient", "nobody", "--db",
+    nobody = subprocess.run([sys.executable, "-m", "device.cli.commands", "trend", "--patient", "nobody", "--db",
                              str(store.path)], capture_output=True, text=True, timeout=60)
     assert nobody.returncode == 1 and "no readings" in nobody.stdout

@@ -120,9 +120,9 @@ HEAVY = ("cv2", "onnxruntime", "matplotlib", "fhir.resources", "hl7apy")
 def test_commands_that_only_read_the_store_do_not_import_heavy_libraries(command, tmp_path):
     """On a Pi, importing OpenCV, onnxruntime or matplotlib costs seconds and tens of MB."""
     env = dict(os.environ, STRIPREAD_DATA=str(tmp_path))
-    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "device.cli", *command], cwd=ROOT, env=env,
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "device.cli.commands", *command], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     imported = {ln.rpartition("|")[2].strip() for ln in run.stderr.splitlines() if ln.startswith("import time:")}
-    assert {"argparse", "device.technician"} <= imported     # the import lines were read (the parser's)
+    assert {"argparse", "device.cli.technician"} <= imported     # the import lines were read (the parser's)
     assert sorted(m for m in imported if m in HEAVY or m.startswith(tuple(h + "." for h in HEAVY))) == []

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from calibration import qc
-from device.i18n import Words
+from device.language.i18n import Words
 from calibration.qc import (ControlAnalyte, QcRun, chart_position, evaluate, evaluate_run, history_from,
                             levey_jennings_png, load_control, westgard)
 

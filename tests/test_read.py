@@ -13,9 +13,9 @@ import pytest
 from calibration import detect
 from calibration.colour import delta_e_2000
 from calibration.specs import load_card, load_product
-from device.cli import main
+from device.cli.commands import main
 from calibration.observe import decode
-from device.read import Reader
+from device.reading.reader import Reader
 from models.pads import NearestChartColour
 from simulator import scene
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from device.cli import EXIT_OK, EXIT_REFUSED, main
+from device.cli.commands import EXIT_OK, EXIT_REFUSED, main
 from simulator import scene
 from simulator.world import random_world_scene
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 import pytest
 
 from calibration.specs import load_card, load_product
-from device.camera import CameraLost, SimulatedCamera
-from device.read import Reader
-from device.session import LATE_TOLERANCE_S, ReadingSession
-from device.store import ResultStore
+from device.runtime.camera import CameraLost, SimulatedCamera
+from device.reading.reader import Reader
+from device.runtime.session import LATE_TOLERANCE_S, ReadingSession
+from device.store.results import ResultStore
 from firmware_bridge.host import BoardUnavailable, Climate, Event
 from models.onnx_model import OnnxPadModel
 
@@ -122,7 +122,7 @@ def test_a_full_session_reads_each_pad_at_its_own_time(reader, tmp_path):
 
 
 def test_qc_locks_patient_sessions_and_the_passing_run_is_named_in_provenance(reader, tmp_path):
-    from device.calibrations import QcStatus
+    from calibration.in_force import QcStatus
     session, board, camera, store = _session(reader, tmp_path, [])
     session.admit = lambda: QcStatus(True, "Quality control failed (neg): patient tests are locked.", None)
     locked = session.run(patient_id="P-1")
@@ -218,7 +218,7 @@ def test_demo_runs_a_whole_session_end_to_end_in_a_subprocess(tmp_path):
     import subprocess
     import sys
     env = dict(os.environ, STRIPREAD_DATA=str(tmp_path))
-    run = subprocess.run([sys.executable, "-m", "device.cli", "demo", "--seed", "2", "--speed", "40"],
+    run = subprocess.run([sys.executable, "-m", "device.cli.commands", "demo", "--seed", "2", "--speed", "40"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "completed: stored as record #1" in run.stdout
@@ -272,7 +272,7 @@ def test_shutdown_during_a_session_stores_it_as_such(reader, tmp_path):
 def test_a_patient_card_in_view_identifies_the_patient():
     import cv2
     import numpy as np
-    from device.service import patient_from_photo
+    from device.runtime.service import patient_from_photo
     from simulator.scene import photograph, random_scene
     rng = np.random.default_rng(8)
     data, _ = photograph(random_scene(rng, product="generic-10", resolution=(1456, 1088)), rng)
@@ -301,7 +301,7 @@ def test_the_service_runs_sessions_syncs_them_logs_json_without_patient_data_and
     (tmp_path / "lab.toml").write_text('[lab]\nallow_insecure_loopback = true\ndefault_patient = "HOME-1"\n'
                                        f'[fhir]\nurl = "{lab.url}"\n')
     env = dict(os.environ, STRIPREAD_DATA=str(tmp_path), STRIPREAD_LAB_CONFIG=str(tmp_path / "lab.toml"))
-    service = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--simulate", "--speed", "60",
+    service = subprocess.Popen([sys.executable, "-m", "device.cli.commands", "run", "--simulate", "--speed", "60",
                                 "--strips", "2", "--operator", "N-9", "--web", "127.0.0.1:0"],
                                stderr=subprocess.PIPE, text=True, env=env)
     deadline, lines = time.monotonic() + 90, []

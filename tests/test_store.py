@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from device.store import SCHEMA_VERSION, ResultStore
+from device.store.results import SCHEMA_VERSION, ResultStore
 
 RESULT = {"schema": "stripread.read/1", "status": "ok", "product": "generic-10",
           "analytes": [{"analyte": "GLU", "level": "250", "value": 240.0, "confidence": 0.9, "flags": []}]}
@@ -69,7 +69,7 @@ def test_the_hash_chain_shows_tampering(tmp_path, sql, reason):
 
 _WRITER = """
 import sys
-from device.store import SCHEMA_VERSION, ResultStore
+from device.store.results import SCHEMA_VERSION, ResultStore
 store = ResultStore(sys.argv[1])
 n = int(sys.argv[2])
 while True:
@@ -126,7 +126,7 @@ def test_stored_json_is_canonical(store):
 
 
 def test_history_export_and_verify_commands(tmp_path, capsys):
-    from device.cli import main
+    from device.cli.commands import main
     db = tmp_path / "cli.db"
     with ResultStore(db) as store:
         store.add({**RESULT, "analytes": [{**RESULT["analytes"][0], "flags": ["abnormal"]}]}, patient_id="P-1")
@@ -153,7 +153,7 @@ def test_history_export_and_verify_commands(tmp_path, capsys):
 @pytest.mark.parametrize("command", [["history"], ["verify"], ["export", "--format", "json"]])
 def test_store_commands_do_not_load_the_image_or_model_stack(tmp_path, command):
     """On a Pi, looking at past results must not pay for OpenCV, numpy or onnxruntime."""
-    check = ("import sys; from device.cli import main; main(sys.argv[1:]); "
+    check = ("import sys; from device.cli.commands import main; main(sys.argv[1:]); "
              "heavy = [m for m in ('cv2', 'numpy', 'onnxruntime', 'sklearn') if m in sys.modules]; "
              "assert not heavy, heavy")
     run = subprocess.run([sys.executable, "-c", check, *command, "--db", str(tmp_path / "r.db")],

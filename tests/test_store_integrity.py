@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from device import signing
-from device.cli import main
-from device.store import ResultStore, StoreUnavailable, _record_hash, examine, open_for_service
+from device.store import signing
+from device.cli.commands import main
+from device.store.results import ResultStore, StoreUnavailable, _record_hash, examine, open_for_service
 from test_session import _session, reader  # noqa: F401  (the module-scoped reader fixture)
 
 RESULT = {"schema": "stripread.read/1", "status": "ok", "product": "generic-10",
@@ -303,7 +303,7 @@ def test_the_lab_gets_each_records_signed_head(tmp_path):
 def test_two_writers_leave_the_newest_head_in_the_checkpoint(tmp_path):
     db = tmp_path / "results.db"
     ResultStore(db).close()
-    writer = ("import sys\nfrom device.store import ResultStore\ns = ResultStore(sys.argv[1])\n"
+    writer = ("import sys\nfrom device.store.results import ResultStore\ns = ResultStore(sys.argv[1])\n"
               "for i in range(30): s.add({'status': 'ok', 'i': i})\n")
     procs = [subprocess.Popen([sys.executable, "-c", writer, str(db)]) for _ in range(2)]
     assert all(p.wait() == 0 for p in procs)

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from device.lab import load_config
-from device.session import Clock
-from device.store import ResultStore
-from device.sync import Backoff, Syncer, destinations
+from device.lab.config import load_config
+from device.runtime.session import Clock
+from device.store.results import ResultStore
+from device.lab.sync import Backoff, Syncer, destinations
 from labdata import fill
 from simulator.lab_fhir import FhirPeer
 from simulator.lab_mllp import MllpPeer
@@ -265,7 +265,7 @@ def test_no_patient_identifier_reaches_a_log_line(tmp_path, store, server_tls, c
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "device.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "device.cli.commands", *args], capture_output=True, text=True, timeout=60,
                           env=env)
 
 
@@ -280,7 +280,7 @@ def test_a_sync_killed_mid_batch_and_restarted_still_delivers_exactly_once(tmp_p
     with _lab(transport, server_tls) as lab:
         config = _configured(tmp_path, lab)
         lab.set_delay(0.05)
-        sync = subprocess.Popen([sys.executable, "-m", "device.cli", "sync", "--lab-config", str(config),
+        sync = subprocess.Popen([sys.executable, "-m", "device.cli.commands", "sync", "--lab-config", str(config),
                                  "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while len(_held_by(lab)) < n // 3 and time.monotonic() < deadline:

@@ -8,13 +8,13 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 
 from calibration.records import Records
-from device.calibrations import ReaderCalibration, qc_status
-from device.read import Reader
-from device.store import ResultStore
+from calibration.in_force import ReaderCalibration, qc_status
+from device.reading.reader import Reader
+from device.store.results import ResultStore
 from models.pads import NearestChartColour
 from simulator.scene import photograph, random_scene
 
-CLI = [sys.executable, "-m", "device.cli"]
+CLI = [sys.executable, "-m", "device.cli.commands"]
 
 
 def _run(*args, timeout=180):
@@ -110,8 +110,8 @@ def test_qc_strips_are_read_on_the_reader_and_failing_qc_locks_the_demo(tmp_path
 
 def _control_photo(name: str) -> bytes:
     """A strip dipped in a shipped control solution, fully developed, on the reader."""
-    from device.technician import _control
-    control, _ = _control(name)
+    from calibration.in_force import find_control
+    control, _ = find_control(name)
     rng = np.random.default_rng(5)
     spec = random_scene(rng, product=control.product, resolution=(1456, 1088), glare=None,
                         levels={a.analyte: a.target for a in control.analytes})

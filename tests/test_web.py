@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from calibration.records import Records
-from device.alerts import judge, load_rules
-from device.session import State
-from device.store import ResultStore
+from device.monitoring.alerts import judge, load_rules
+from device.runtime.session import State
+from device.store.results import ResultStore
 from device.web.app import FORM_COOKIE, SESSION_COOKIE, WebContext, create_app
 from device.web.auth import Accounts
-from device.i18n import Words
+from device.language.i18n import Words
 from device.web.plain import chart_rounded, reference_range, trend_svg
 from labdata import RESULT, fill
 
@@ -267,8 +267,8 @@ def test_a_technician_runs_qc_from_the_page_with_the_clis_guidance(web, product)
 
 def _a_passing_qc_run(db, times=1):
     """Runs of the shipped negative control judged and stored as the CLI stores them."""
-    from device.technician import _control, judge_qc_run
-    control, text = _control("negative")
+    from calibration.in_force import find_control, judge_qc_run
+    control, text = find_control("negative")
     analytes = [{"analyte": a.pad.analyte, "loinc": "", "unit": a.pad.unit, "level": a.accepted[0], "value": None,
                  "confidence": 0.95, "flags": []} for a in control.analytes]
     with Records(db) as records:
@@ -278,9 +278,9 @@ def _a_passing_qc_run(db, times=1):
 
 
 def test_a_control_strips_verdict_is_judged_and_stored_once(web):
-    from device.technician import _control
+    from calibration.in_force import find_control
     client, db = web
-    control, _ = _control("negative")
+    control, _ = find_control("negative")
     analytes = [{"analyte": a.pad.analyte, "loinc": "", "unit": a.pad.unit, "level": a.accepted[0], "value": None,
                  "confidence": 0.95, "flags": []} for a in control.analytes]
     qc = {**RESULT, "analytes": analytes, "session": {"purpose": "qc", "outcome": "completed"}}
@@ -423,7 +423,7 @@ def test_accounts_need_long_passwords_known_roles_and_sessions_expire(tmp_path):
 def test_the_user_command_gives_an_account_its_role(tmp_path):
     db, secret = tmp_path / "r.db", tmp_path / "pw"
     secret.write_text(PASSWORD)
-    done = subprocess.run([sys.executable, "-m", "device.cli", "user", "nurse-2", "--role", "nurse",
+    done = subprocess.run([sys.executable, "-m", "device.cli.commands", "user", "nurse-2", "--role", "nurse",
                            "--password-file", str(secret), "--db", str(db)], capture_output=True, text=True)
     assert done.returncode == 0 and "nurse nurse-2 can log in" in done.stdout
     with Accounts(db) as accounts:

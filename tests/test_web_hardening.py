@@ -9,7 +9,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from device.store import ResultStore
+from device.store.results import ResultStore
 from device.web.app import FORM_COOKIE, SESSION_COOKIE, WebContext, create_app
 from device.web.auth import Accounts
 from device.web.security import CSP, MAX_BODY, LoginGuard

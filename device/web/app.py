@@ -35,8 +35,8 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
 from pydantic import BaseModel
 
-from device import i18n, units
-from device.i18n import N_, Words
+from device.language import i18n, units
+from device.language.i18n import N_, Words
 from device.web import views
 from device.web.auth import Accounts, csrf_ok, same_secret
 from device.web.clinic import NOTE_MAX, AlertNotes
@@ -86,12 +86,12 @@ class WebContext:
     """What the pages show and act on: the database, the product, and the live reader when one runs."""
     db: Path
     product: object                 # calibration.specs.Product
-    service: object | None = None   # device.service.ReaderService
-    rig: object | None = None       # device.rig.SimulatedRig: "start" also puts a simulated strip in
+    service: object | None = None   # device.runtime.service.ReaderService
+    rig: object | None = None       # device.runtime.rig.SimulatedRig: "start" also puts a simulated strip in
     https: bool = False
     login_everywhere: bool = False  # a clinic's network: every page needs a logged-in staff member
     login_guard: LoginGuard | None = None   # the login throttle (one is made when not given)
-    rules: list | None = None       # the alert rules (device.alerts.load_rules(); the shipped ones when None)
+    rules: list | None = None       # the alert rules (device.monitoring.alerts.load_rules(); the shipped ones when None)
     lab: bool = False               # a lab is configured: alerts are sent to a clinic
     contact: str | None = None      # whom a patient contacts when QC locks the reader ($STRIPREAD_CONTACT)
     charts: dict = field(default_factory=dict)   # Levey-Jennings PNGs by (control, newest run id)
@@ -115,7 +115,7 @@ def create_app(context: WebContext) -> FastAPI:
     guard = context.login_guard or LoginGuard()
     contact = context.contact or os.environ.get("STRIPREAD_CONTACT") or DEFAULT_CONTACT
     if context.rules is None:
-        from device.alerts import load_rules
+        from device.monitoring.alerts import load_rules
         context.rules = load_rules()
     started: dict[str, int | None] = {"after": None}     # the session count when this page last started a test
     chart_lock = threading.Lock()
@@ -282,7 +282,7 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/results/{seq}", response_class=HTMLResponse, include_in_schema=False)
     def result_page(request: Request, seq: Seq):
-        from device.store import ResultStore
+        from device.store.results import ResultStore
         with ResultStore(context.db) as store:
             record = store.get(seq)
             if record is None:
@@ -308,7 +308,7 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/thumbnails/{seq}/{analyte}.png", include_in_schema=False)
     def thumbnail(seq: Seq, analyte: Name):
-        from device.store import ResultStore
+        from device.store.results import ResultStore
         with ResultStore(context.db) as store:
             png = store.thumbnails(stored(seq)["result_id"]).get(analyte)
         if png is None:
@@ -428,8 +428,8 @@ def create_app(context: WebContext) -> FastAPI:
             raise HTTPException(409, N_("No reader is running here: run `stripread qc run` on the reader instead."))
         if in_progress():
             raise HTTPException(409, N_("A test is in progress: wait for it to finish, then run QC."))
-        from device.technician import _control
-        definition, _ = _control(control)
+        from calibration.in_force import find_control
+        definition, _ = find_control(control)
         begin(None, session.username, "qc", levels={a.analyte: a.target for a in definition.analytes})
         return RedirectResponse(f"/test/live?after={started['after']}&control={control}", status_code=303)
 
@@ -438,14 +438,14 @@ def create_app(context: WebContext) -> FastAPI:
         """The control strip's verdict, judged and stored once (the record of this strip's photo)."""
         session = require(request, "technician")
         from calibration.records import Records
-        from device.technician import _control, judge_qc_run
+        from calibration.in_force import find_control, judge_qc_run
         record = stored(seq)
         if not record["qc"]:
             raise HTTPException(404, f"record #{seq} is not a control strip")
         if record["result"].get("status") == "aborted":       # no strip was read: nothing to judge or store
             raise HTTPException(409, f"The control strip was not read: {record['result'].get('message')} "
                                      "Run QC again from the technician page.")
-        definition, text = _control(control)
+        definition, text = find_control(control)
         image = record["result"]["provenance"]["image_sha256"]
         with Records(context.db) as records:
             done = next((r for r in records.history("qc", definition.id, limit=20)
@@ -463,7 +463,7 @@ def create_app(context: WebContext) -> FastAPI:
         require(request, "technician")
         from calibration.qc import levey_jennings_png
         from calibration.records import Records
-        from device.calibrations import control_runs
+        from calibration.in_force import control_runs
         with Records(context.db) as records:
             newest = records.latest("qc", control_id)
             if newest is None:
@@ -509,7 +509,7 @@ def create_app(context: WebContext) -> FastAPI:
                     note: Annotated[str, Form(max_length=NOTE_MAX)] = ""):
         """Closed with a note of what was done (needed for an urgent alert); undone by `reopen`."""
         session = staff_form(request, csrf, "nurse")
-        from device.store import ResultStore
+        from device.store.results import ResultStore
         with ResultStore(context.db) as store:
             alert = next((a for a in store.alerts(limit=10_000) if a["id"] == alert_row), None)
             if alert is None:
@@ -526,7 +526,7 @@ def create_app(context: WebContext) -> FastAPI:
     def reopen(request: Request, alert_row: Annotated[int, PathParam(ge=1, le=SEQ_MAX)], csrf: str = Form("")):
         """Undo an acknowledgement: the alert is open again, and the undo is noted."""
         session = staff_form(request, csrf, "nurse")
-        from device.store import ResultStore
+        from device.store.results import ResultStore
         with ResultStore(context.db) as store:
             if store.reopen(alert_row):
                 with AlertNotes(context.db) as notes:
@@ -536,7 +536,7 @@ def create_app(context: WebContext) -> FastAPI:
     @app.post("/tech/sync/retry", include_in_schema=False)
     def retry_sync(request: Request, csrf: str = Form("")):
         staff_form(request, csrf, "technician")
-        from device.store import ResultStore
+        from device.store.results import ResultStore
         with ResultStore(context.db) as store:
             store.retry_failed()
         return RedirectResponse("/tech", status_code=303)
@@ -608,7 +608,7 @@ def create_app(context: WebContext) -> FastAPI:
     def qc_state() -> dict:
         """The QC gate as a patient meets it: locked (with whom to contact), passed, or not set up."""
         from calibration.records import Records
-        from device.calibrations import qc_status
+        from calibration.in_force import qc_status
         with Records(context.db) as records:
             status = qc_status(records)
             any_run = bool(records.latest_per_subject("qc"))
@@ -616,14 +616,14 @@ def create_app(context: WebContext) -> FastAPI:
         return {"locked": status.locked, "message": status.message, "tone": tone, "contact": contact}
 
     def control_guidance() -> list[dict]:
-        from device.technician import _control, qc_guidance
+        from calibration.in_force import find_control, qc_guidance
         return [{"name": name, "title": definition.name, "guidance": qc_guidance(definition)}
-                for name, (definition, _) in ((name, _control(name)) for name in CONTROLS)]
+                for name, (definition, _) in ((name, find_control(name)) for name in CONTROLS)]
 
     def qc_charts(words: Words) -> list[dict]:
         """Each control's runs of its current lot: a Levey-Jennings plot per pad and the runs as a table."""
         from calibration.records import Records
-        from device.calibrations import control_runs
+        from calibration.in_force import control_runs
         charts = []
         with Records(context.db) as records:
             for control_id in sorted(records.latest_per_subject("qc")):
@@ -644,7 +644,7 @@ def create_app(context: WebContext) -> FastAPI:
         return charts
 
     def stored(seq: int) -> dict:
-        from device.store import ResultStore
+        from device.store.results import ResultStore
         with ResultStore(context.db) as store:
             record = store.get(seq)
         if record is None:
@@ -652,13 +652,13 @@ def create_app(context: WebContext) -> FastAPI:
         return _record_json(record)
 
     def results(patient: str | None, limit: int, words: Words = ENGLISH) -> list[dict]:
-        from device.store import ResultStore
+        from device.store.results import ResultStore
         with ResultStore(context.db) as store:
             return [_record_json(r, words) for r in store.history(patient, limit)]
 
     def patient_trends(patient_id: str) -> list[dict]:
-        from device.store import ResultStore
-        from device.trends import series
+        from device.store.results import ResultStore
+        from device.monitoring.trends import series
         with ResultStore(context.db) as store:
             lines = series([r for r in reversed(store.history(patient_id, 500)) if not views.is_qc(r.result)])
         if not lines:
@@ -666,7 +666,7 @@ def create_app(context: WebContext) -> FastAPI:
         return lines
 
     def clinic_view() -> dict:
-        from device.store import ResultStore
+        from device.store.results import ResultStore
         with ResultStore(context.db) as store:
             recent = store.alerts(limit=200)
         with AlertNotes(context.db) as notes:
@@ -687,7 +687,7 @@ def create_app(context: WebContext) -> FastAPI:
 
     def technician_status() -> dict:
         from calibration.records import Records
-        from device.store import ResultStore
+        from device.store.results import ResultStore
         with Records(context.db) as records:
             latest_qc = {control: {"id": run.id, "at": run.created_at, "passed": run.payload["passed"],
                                    "summary": run.payload["run"]["summary"]}
@@ -704,12 +704,12 @@ def create_app(context: WebContext) -> FastAPI:
 
     def device_health() -> dict:
         """Each reading of the device with its judgement where it has a range (the strips' climate)."""
-        from device.read import device_id, software_version
+        from device.reading.reader import device_id, software_version
         health = {"device_id": device_id(), "software": software_version()}
         service = context.service
         if service is None:
             return {**health, "reader": "not running", "checks": []}
-        from device.session import climate_range
+        from device.runtime.session import climate_range
         board, session = service.session.board, service.session
         health.update(camera=session.camera.name, state=session.state.value, checks=[])
         try:
@@ -732,7 +732,7 @@ def create_app(context: WebContext) -> FastAPI:
 
 
 ENGLISH = Words()          # the JSON API's words: language-neutral, whatever a browser chose
-# messages other modules fill in (device.calibrations.qc_status, device.technician.qc_guidance), as
+# messages other modules fill in (calibration.in_force.qc_status, calibration.in_force.qc_guidance), as
 # templates a page says again in its language (`Words.retell`); an unknown one stays English
 RETOLD = (N_("Quality control failed ({controls}): patient tests are locked until a technician runs a passing QC."),
           N_("Quality control is due ({controls}): patient tests are locked until a technician runs it."),

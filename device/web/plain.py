@@ -11,8 +11,8 @@ from functools import lru_cache
 from html import escape
 from importlib import resources
 
-from device import units
-from device.i18n import N_, Words
+from device.language import units
+from device.language.i18n import N_, Words
 
 # what a patient calls each pad (translated where shown)
 PLAIN_NAMES = {

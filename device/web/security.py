@@ -22,7 +22,7 @@ from limits.strategies import MovingWindowRateLimiter
 from starlette.datastructures import MutableHeaders
 from starlette.responses import PlainTextResponse
 
-from device.store import PATIENT_ID
+from device.store.results import PATIENT_ID
 
 log = logging.getLogger("stripread.web")
 T = TypeVar("T")

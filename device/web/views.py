@@ -14,9 +14,9 @@ import re
 
 from calibration.errors import SpecError
 from calibration.specs import product_of_record
-from device.alerts import in_words, reading_alerts
-from device.i18n import N_, Words
-from device import units
+from device.monitoring.alerts import in_words, reading_alerts
+from device.language.i18n import N_, Words
+from device.language import units
 from device.web.plain import level_words, next_steps, outcome_words, plain_name, reference_range, value_text
 
 FLAG_WORDS = {"low_confidence": N_("less certain: confirm with a laboratory test"),

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 
-from device.calibrations import NOT_LOCKED
-from device.camera import Camera, CameraLost
-from device.read import SCHEMA, Reader, software_version
-from device.store import ResultStore, StoredResult, storage_failure
+from calibration.in_force import NOT_LOCKED
+from device.runtime.camera import Camera, CameraLost
+from device.reading.reader import SCHEMA, Reader, software_version
+from device.store.results import ResultStore, StoredResult, storage_failure
 from firmware_bridge.host import BoardUnavailable
 from models.derived import derive
 
@@ -90,7 +90,7 @@ class ReadingSession:
     def __init__(self, reader: Reader, board, camera: Camera, store: ResultStore, clock: Clock,
                  on_progress=None, stop: threading.Event | None = None, admit=None, judge=None):
         self.reader, self.board, self.camera, self.store, self.clock = reader, board, camera, store, clock
-        # the QC state before each patient test (device.calibrations.QcStatus): locked, why, last passing run
+        # the QC state before each patient test (calibration.in_force.QcStatus): locked, why, last passing run
         self.admit = admit or (lambda: NOT_LOCKED)
         self.judge = judge                        # the alert rules, run as each patient's reading is stored
         self.on_progress = on_progress or (lambda message: None)   # one line per step, no patient data

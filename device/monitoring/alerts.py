@@ -34,7 +34,7 @@ from typing import Callable, ClassVar, Sequence
 
 from calibration.errors import SpecError
 from calibration.specs import Product, builtin_products, product_of_record
-from device.i18n import values_in
+from device.language.i18n import values_in
 
 log = logging.getLogger("stripread.alerts")
 
@@ -507,7 +507,7 @@ def reading_alerts(rules: Sequence[Rule], history) -> list[Alert]:
 
 
 def in_words(rules: Sequence[Rule], alert: Alert | dict, words, analyte_name: Callable[[str], str]) -> dict[str, str]:
-    """An alert's title, message and advice in the words' language (`device.i18n.Words`): its
+    """An alert's title, message and advice in the words' language (`device.language.i18n.Words`): its
     rule's templates translated (the shipped rules' texts are in the catalogues, see
     `extract_rules`) and filled with the values read back from the English text it was raised
     with, the analyte's name in `analyte_name(code)`. An alert whose rule or wording is no longer

@@ -33,15 +33,15 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 from pydantic import ValidationError
 
-from device.lab import (LEVEL_SYSTEM, PANEL_LOINC, FhirSettings, LabConfig, LabRefusedReader, LabRejected,
+from device.lab.config import (LEVEL_SYSTEM, PANEL_LOINC, FhirSettings, LabConfig, LabRefusedReader, LabRejected,
                         LabUnavailable, PadMessage, pad_messages, patient_of, tls_failure)
-from device.store import StoredResult
+from device.store.results import StoredResult
 
 LOINC, UCUM, SNOMED_SYSTEM = "http://loinc.org", "http://unitsofmeasure.org", "http://snomed.info/sct"
 URI = "urn:ietf:rfc:3986"
 DEVICE_SYSTEM, CONFIGURATION_SYSTEM = "urn:stripread:device", "urn:stripread:device-configuration"
 RECORD_HASH_SYSTEM = "urn:stripread:record-sha256"
-SEAL_EXTENSION = "urn:stripread:chain-seal"     # the device-signed chain head at this record (device.signing)
+SEAL_EXTENSION = "urn:stripread:chain-seal"     # the device-signed chain head at this record (device.store.signing)
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"

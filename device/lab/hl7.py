@@ -1,7 +1,7 @@
 """A stored reading as an HL7 v2.5.1 ORU^R01 message, and the MLLP client that delivers it.
 
 MSH, PID (the patient by identifier only: PID-5 carries no name), OBR (the strip panel, LOINC
-50556-0) with an NTE carrying the record's device-signed chain head (`device.signing`), and one OBX
+50556-0) with an NTE carrying the record's device-signed chain head (`device.store.signing`), and one OBX
 per pad with its LOINC code, value and UCUM unit, each followed by an NTE with the reader's estimate.
 The message control id (MSH-10) and every timestamp come from the stored record, so a resend is the
 identical message and the lab's duplicate detection keeps it once.
@@ -18,10 +18,10 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 from hl7apy.v2_5_1 import ST
 
-from device.lab import (PANEL_LOINC, Hl7Settings, LabConfig, LabRejected, LabUnavailable, PadMessage,
+from device.lab.config import (PANEL_LOINC, Hl7Settings, LabConfig, LabRejected, LabUnavailable, PadMessage,
                         pad_messages, patient_of, tls_failure)
-from device.signing import seal_line
-from device.store import StoredResult
+from device.store.signing import seal_line
+from device.store.results import StoredResult
 
 START, END = b"\x0b", b"\x1c\x0d"
 LOCAL_CODES = "99SRL"      # HL7 table 0396: a local coding system (the product's level codes)

@@ -76,9 +76,9 @@ def _fmt(value: float) -> str:
 def trend_png(lines: list[dict], path, words=None) -> None:
     """All series as small multiples (matplotlib, Agg): each point at its chart place, its interval
     as a bar, its opacity its confidence, red when abnormal; the chart's levels on the y axis, in
-    the words' language and report style (device.i18n.Words; English and conventional without)."""
+    the words' language and report style (device.language.i18n.Words; English and conventional without)."""
     from matplotlib import rc_context
-    from device.i18n import Words
+    from device.language.i18n import Words
     words = words or Words()
     with rc_context({"font.family": words.plot_fonts()}):
         _trend_figure(lines, path, words)
@@ -91,7 +91,7 @@ def pad_of(line: dict):
 
 def _trend_figure(lines: list[dict], path, words) -> None:
     from device.web.plain import axis_label, plain_name, unit_words
-    from device import units
+    from device.language import units
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure

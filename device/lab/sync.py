@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from device.lab import LabConfig, LabRefusedReader, LabRejected, LabUnavailable
-from device.session import Clock
-from device.store import ResultStore, StoredResult
+from device.lab.config import LabConfig, LabRefusedReader, LabRejected, LabUnavailable
+from device.runtime.session import Clock
+from device.store.results import ResultStore, StoredResult
 
 log = logging.getLogger("stripread.sync")
 BATCH = 100
@@ -30,10 +30,10 @@ def destinations(config: LabConfig) -> list:
     """The configured transports; their formats' libraries are imported only when used."""
     found = []
     if config.fhir:
-        from device.fhir import FhirDestination
+        from device.lab.fhir import FhirDestination
         found.append(FhirDestination(config.fhir, config))
     if config.hl7:
-        from device.hl7 import MllpDestination
+        from device.lab.hl7 import MllpDestination
         found.append(MllpDestination(config.hl7, config))
     return found
 

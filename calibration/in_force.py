@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from calibration.specs import Card, card_from_document
@@ -100,3 +102,36 @@ def control_runs(records: Records, control_id: str, control=None):
         control = load_control(stored[-1].payload["control_toml"])
     return control, [QcRun.from_dict(r.payload["run"]) for r in stored
                      if r.payload["run"]["material_lot"] == control.material_lot]
+
+
+def find_control(name_or_path: str):
+    """A control definition: a file, or one shipped with the reader (negative, positive)."""
+    from calibration.qc import load_control
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = Path(str(resources.files("calibration") / "data" / "controls" / f"{name_or_path}.toml"))
+    return load_control(path), path.read_text(encoding="utf-8")
+
+
+def _history(records, control) -> dict:
+    """This control material's earlier z-scores (same lot), oldest first."""
+    from calibration.qc import history_from
+    return history_from(control_runs(records, control.id, control)[1])
+
+
+def judge_qc_run(records, controls, results: list[dict], operator: str | None):
+    """Judge control strips' readings against their targets and earlier runs (Westgard), store
+    each run, and return (the runs, the QC status after them): the CLI's and the web page's QC."""
+    from calibration.qc import evaluate_run
+    histories = {control.id: _history(records, control) for control, _ in controls}
+    runs = evaluate_run([(control, result) for (control, _), result in zip(controls, results)], histories)
+    for (control, text), run, result in zip(controls, runs, results):
+        records.add("qc", control.id, {"passed": run.passed, "run": run.to_dict(), "control_toml": text,
+                                       "image_sha256": result.get("provenance", {}).get("image_sha256")},
+                    operator=operator)
+    return runs, qc_status(records)
+
+
+def qc_guidance(control) -> str:
+    """What the technician does with a control strip (the CLI prints it; the web page shows it)."""
+    return f"Dip a strip in {control.name} (lot {control.material_lot}) and put it in the tray."

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from device.camera import SimulatedCamera
-from device.session import Clock, State
+from device.runtime.camera import SimulatedCamera
+from device.runtime.session import Clock, State
 
 
 # the simulated reader's LEDs light the card unevenly, as a ring of LEDs does: a camera

@@ -1,6 +1,6 @@
 """The technicians' commands: `stripread calibrate camera|card|lot|list` and `stripread qc
 run|status|schedule|report`. Each stores an immutable record (calibration.records) whose id every
-later result's provenance names; QC records also decide whether patients may test (device.calibrations).
+later result's provenance names; QC records also decide whether patients may test (calibration.in_force).
 
 The work itself lives in `calibration/` (camera_calibration, card_measurement, lot, qc); this
 module prompts, shows progress and summaries, and stores the outcome.
@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import sys
 from datetime import date
-from importlib import resources
 from pathlib import Path
 
-from device import cli
+from calibration.in_force import find_control, judge_qc_run, qc_guidance
+from device.cli import commands as cli
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = cli.EXIT_OK, cli.EXIT_REFUSED, cli.EXIT_USAGE
 
@@ -24,8 +24,8 @@ def calibrate_camera(args) -> int:
     from calibration.camera_calibration import CameraCalibrationError, measure
     from calibration.records import Records
     from calibration.specs import load_card, load_product
-    from device.read import device_id
-    from device.session import Clock
+    from device.reading.reader import device_id
+    from device.runtime.session import Clock
     card = load_card(args.card)
     with contextlib.ExitStack() as stack:
         board, camera, _ = cli._hardware(args, stack, load_product(args.product),
@@ -111,7 +111,7 @@ def calibrate_lot(args) -> int:
 def calibration_list(args) -> int:
     """The records in force on this reader."""
     from calibration.records import Records
-    from device.calibrations import qc_status
+    from calibration.in_force import qc_status
     with Records(args.db) as records:
         rows = [(kind.replace("_", " "), record) for kind in ("camera", "card", "lot", "qc_schedule")
                 for record in records.latest_per_subject(kind).values()]
@@ -129,26 +129,10 @@ def calibration_list(args) -> int:
     return EXIT_OK
 
 
-def _control(name_or_path: str):
-    """A control definition: a file, or one shipped with the reader (negative, positive)."""
-    from calibration.qc import load_control
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = Path(str(resources.files("calibration") / "data" / "controls" / f"{name_or_path}.toml"))
-    return load_control(path), path.read_text(encoding="utf-8")
-
-
-def _history(records, control) -> dict:
-    """This control material's earlier z-scores (same lot), oldest first."""
-    from calibration.qc import history_from
-    from device.calibrations import control_runs
-    return history_from(control_runs(records, control.id, control)[1])
-
-
 def qc_run(args) -> int:
     """Read the control strips (photos, or timed sessions on the reader) and judge the run."""
     from calibration.records import Records
-    controls = [_control(name) for name in args.control]
+    controls = [find_control(name) for name in args.control]
     if args.photo and len(args.photo) != len(controls):
         print("give one --photo per --control, in the same order", file=sys.stderr)
         return EXIT_USAGE
@@ -161,25 +145,6 @@ def qc_run(args) -> int:
     return EXIT_OK if all(run.passed for run in runs) else EXIT_REFUSED
 
 
-def judge_qc_run(records, controls, results: list[dict], operator: str | None):
-    """Judge control strips' readings against their targets and earlier runs (Westgard), store
-    each run, and return (the runs, the QC status after them): the CLI's and the web page's QC."""
-    from calibration.qc import evaluate_run
-    from device.calibrations import qc_status
-    histories = {control.id: _history(records, control) for control, _ in controls}
-    runs = evaluate_run([(control, result) for (control, _), result in zip(controls, results)], histories)
-    for (control, text), run, result in zip(controls, runs, results):
-        records.add("qc", control.id, {"passed": run.passed, "run": run.to_dict(), "control_toml": text,
-                                       "image_sha256": result.get("provenance", {}).get("image_sha256")},
-                    operator=operator)
-    return runs, qc_status(records)
-
-
-def qc_guidance(control) -> str:
-    """What the technician does with a control strip (the CLI prints it; the web page shows it)."""
-    return f"Dip a strip in {control.name} (lot {control.material_lot}) and put it in the tray."
-
-
 def _read_photos(args) -> list[dict]:
     reader = cli._reader(args)
     return [reader.read(Path(photo).read_bytes()) for photo in args.photo]
@@ -187,8 +152,8 @@ def _read_photos(args) -> list[dict]:
 
 def _read_controls_on_the_reader(args, controls) -> list[dict]:
     """One timed session per control strip, exactly as a patient's strip is read."""
-    from device.session import Clock, ReadingSession
-    from device.store import ResultStore
+    from device.runtime.session import Clock, ReadingSession
+    from device.store.results import ResultStore
     reader = cli._reader(args)
     clock = Clock(args.speed if args.simulate else 1.0)
     results = []
@@ -220,7 +185,7 @@ def _wait_for_empty_tray(board, clock, timeout_s: float = 120.0) -> None:
 
 def qc_status_command(args) -> int:
     from calibration.records import Records
-    from device.calibrations import qc_status
+    from calibration.in_force import qc_status
     with Records(args.db) as records:
         status = qc_status(records)
         latest = records.latest_per_subject("qc")
@@ -234,7 +199,7 @@ def qc_status_command(args) -> int:
 def qc_schedule(args) -> int:
     """Which controls must pass how often; overdue ones lock patient tests."""
     from calibration.records import Records
-    control_ids = [_control(name)[0].id for name in args.control]
+    control_ids = [find_control(name)[0].id for name in args.control]
     with Records(args.db) as records:
         record = records.add("qc_schedule", "reader", {"interval_hours": args.every_hours, "controls": control_ids},
                              operator=args.operator)
@@ -245,9 +210,9 @@ def qc_schedule(args) -> int:
 def qc_report(args) -> int:
     """A Levey-Jennings chart per control (PNG), from every stored run of its current lot."""
     from calibration.qc import levey_jennings_png
-    from device.i18n import Words
+    from device.language.i18n import Words
     from calibration.records import Records
-    from device.calibrations import control_runs
+    from calibration.in_force import control_runs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with Records(args.db) as records:

@@ -6,7 +6,7 @@ written in one transaction, so after any crash a result is either wholly there (
 lab) or not there at all. Each record is chained to the one before it by SHA-256 over a canonical
 serialisation: altering, inserting or deleting a row breaks the chain, which `verify` reports.
 The chain alone cannot show an edit with the hashes recomputed, nor the newest records deleted or the
-file emptied: each record's chain head is therefore signed with the device key (`device.signing`,
+file emptied: each record's chain head is therefore signed with the device key (`device.store.signing`,
 kept outside the database) and the newest signed head is checkpointed in a second file beside the
 database after every commit. `examine` checks all of it without writing a byte.
 Patient and operator identifiers are stored (a history needs them) but never logged.
@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from calibration.records import connect_readonly
-from device import signing
+from device.store import signing
 
 log = logging.getLogger("stripread.store")
 

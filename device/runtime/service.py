@@ -18,8 +18,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from device.session import POLL_S, ReadingSession
-from device.store import PATIENT_ID
+from device.runtime.session import POLL_S, ReadingSession
+from device.store.results import PATIENT_ID
 
 log = logging.getLogger("stripread.service")
 M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8     # glibc's mallopt parameters (malloc.h)

@@ -11,14 +11,14 @@ import threading
 from pathlib import Path
 
 from calibration.errors import ReadError, SpecError
-from device.i18n import LanguageError
+from device.language.i18n import LanguageError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def default_db_path() -> Path:
     """The results database: under $STRIPREAD_DATA if set (the service sets /var/lib/stripread),
-    else in the user's data folder. Here, not in device.store: every command's parser needs it, and
+    else in the user's data folder. Here, not in device.store.results: every command's parser needs it, and
     importing the store (SQLite, the signing key's cryptography) cost a cold `read` 12 MB and 30 ms."""
     folder = os.environ.get("STRIPREAD_DATA") or Path.home() / ".local" / "share" / "stripread"
     return Path(folder) / "results.db"
@@ -28,7 +28,7 @@ def _reader(args):
     """The read path for the command's card, product and pad model: `auto` (the product's shipped
     trained model, or the baseline for a product that has none), `onnx`, `baseline` or a file."""
     from calibration.specs import load_card, load_product
-    from device.read import Reader
+    from device.reading.reader import Reader
     from models.onnx_model import OnnxPadModel, default_model_path
     product = load_product(args.product)
     choice = args.model
@@ -46,13 +46,13 @@ def _reader(args):
 def _words(args):
     """The device's language and report style (what a person reads; stored results and lab
     messages stay in UCUM): --lang / --units, else $STRIPREAD_LANG / $STRIPREAD_REPORT_STYLE."""
-    from device.i18n import Words, choose_locale, choose_style
+    from device.language.i18n import Words, choose_locale, choose_style
     return Words(choose_locale(getattr(args, "lang", None)), choose_style(getattr(args, "units", None)))
 
 
 def _calibration(args, card, product):
     """The technicians' records in force on this reader (none yet: the factory state)."""
-    from device.calibrations import ReaderCalibration, load_calibration
+    from calibration.in_force import ReaderCalibration, load_calibration
     lot = getattr(args, "lot", None)
     if not Path(args.db).is_file():
         return card, ReaderCalibration(strip_lot=lot)
@@ -75,9 +75,9 @@ def _progress(done: int, total: int) -> None:
 
 def format_table(result: dict, words=None) -> str:
     """A short table a nurse can read at a glance, in the device's language and report style
-    (device/report.py; English and conventional units without `words`)."""
-    from device.i18n import Words
-    from device.report import table
+    (device/language/report.py; English and conventional units without `words`)."""
+    from device.language.i18n import Words
+    from device.language.report import table
     return table(result, words or Words())
 
 
@@ -150,7 +150,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_history(args) -> int:
-    from device.store import ResultStore
+    from device.store.results import ResultStore
     with ResultStore(args.db, readonly=True) as store:
         records = store.history(args.patient, args.limit)
     if not records:
@@ -174,8 +174,8 @@ def cmd_history(args) -> int:
 
 def cmd_trend(args) -> int:
     """A patient's analytes over time: a line each on the terminal, and a PNG plot."""
-    from device.store import ResultStore
-    from device.trends import pad_of, series, trend_png
+    from device.store.results import ResultStore
+    from device.monitoring.trends import pad_of, series, trend_png
     from device.web.plain import level_words
     with ResultStore(args.db, readonly=True) as store:
         lines = series(list(reversed(store.history(args.patient, args.limit))))
@@ -201,7 +201,7 @@ def cmd_trend(args) -> int:
 def cmd_export(args) -> int:
     """Every stored result as JSON lines or as CSV (one row per pad) for a spreadsheet."""
     import csv
-    from device.store import ResultStore
+    from device.store.results import ResultStore
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     with ResultStore(args.db, readonly=True) as store:
         if args.format == "json":
@@ -230,8 +230,8 @@ def cmd_verify(args) -> int:
     """Check the store without writing to it: SQLite's integrity check, the hash chain, every
     record's signature and the checkpoint beside the file. Exit 1 naming the records and why when
     anything was damaged, altered, removed or emptied. `--export-key` prints the device's public key."""
-    from device import signing
-    from device.store import examine
+    from device.store import signing
+    from device.store.results import examine
     key = None
     try:
         if args.export_key:
@@ -263,7 +263,7 @@ def cmd_verify(args) -> int:
 def cmd_backup(args) -> int:
     """A consistent copy of the store (SQLite's online backup: the service may keep running) with
     its checkpoint beside it; restore by copying both back while the service is stopped (README)."""
-    from device.store import ResultStore
+    from device.store.results import ResultStore
     with ResultStore(args.db, readonly=True) as store:
         try:
             checkpoint = store.backup(args.dest)
@@ -277,7 +277,7 @@ def cmd_backup(args) -> int:
 
 def _lab_config(args):
     """The lab configuration, or None (a message printed) when there is none or it is unusable."""
-    from device.lab import LabConfigError, find_config, load_config
+    from device.lab.config import LabConfigError, find_config, load_config
     path = find_config(args.lab_config)
     if path is None:
         print("no lab is configured: write /etc/stripread/lab.toml (see device/data/lab.example.toml) or pass "
@@ -294,7 +294,7 @@ def cmd_sync(args) -> int:
     """One pass of the outbox to the lab, with progress and a summary; or the outbox's state.
     Exit 0 when nothing is left to send and nothing was rejected, 1 otherwise, 2 without a usable
     lab configuration."""
-    from device.store import ResultStore
+    from device.store.results import ResultStore
     with ResultStore(args.db) as store:
         if args.retry_failed:
             print(f"{store.retry_failed()} rejected result(s) queued again")
@@ -307,7 +307,7 @@ def cmd_sync(args) -> int:
         config = _lab_config(args)
         if config is None:
             return EXIT_USAGE
-        from device.sync import Syncer, destinations
+        from device.lab.sync import Syncer, destinations
         syncer = Syncer(store, destinations(config), config)
         print(f"{store.outbox_counts()['pending']} result(s) to send to "
               + ", ".join(sink.describe() for sink in syncer.sinks))
@@ -329,14 +329,14 @@ def cmd_sync(args) -> int:
 def _background_sync(args, stack: contextlib.ExitStack, stop: threading.Event) -> threading.Event | None:
     """`stripread run` syncs in a thread of its own, with its own store connection; the returned
     event wakes it when a session stored a result."""
-    from device.lab import find_config
+    from device.lab.config import find_config
     if find_config(args.lab_config) is None:
         return None          # a reader without a lab keeps its results; `stripread sync` later
     config = _lab_config(args)
     if config is None:
         raise SystemExit(EXIT_USAGE)
-    from device.store import ResultStore
-    from device.sync import Syncer, destinations
+    from device.store.results import ResultStore
+    from device.lab.sync import Syncer, destinations
     syncer = Syncer(stack.enter_context(ResultStore(args.db)), destinations(config), config)
     wake = threading.Event()
     thread = threading.Thread(target=syncer.run, args=(stop, wake), name="lab-sync", daemon=True)
@@ -350,10 +350,10 @@ def cmd_demo(args) -> int:
     """A full timed reading session on the simulated reader: the simulated board (LEDs, strip
     sensor, climate) over a real serial link on a pseudo-terminal, the simulated camera whose pads
     develop after dipping, time compressed by --speed; the result printed and stored."""
-    from device.rig import SimulatedRig
-    from device.session import Clock, ReadingSession
-    from device.store import StoreUnavailable, open_for_service
-    from device.report import advice, session_line
+    from device.runtime.rig import SimulatedRig
+    from device.runtime.session import Clock, ReadingSession
+    from device.store.results import StoreUnavailable, open_for_service
+    from device.language.report import advice, session_line
     from firmware_bridge.host import ReaderBoard
     words = _words(args)
     try:
@@ -387,7 +387,7 @@ def cmd_demo(args) -> int:
         print("\n" + words("{agree} of {pads} pads read at the level the simulator developed them to.", agree=agree,
                             pads=len(result["analytes"])))
         if not args.json:
-            from device.alerts import load_rules
+            from device.monitoring.alerts import load_rules
             print("\n" + advice(report.record, load_rules(args.alert_rules), words))
     print(words("Stored as record #{seq} in {db}.", seq=report.record.seq, db=args.db))
     return EXIT_OK if result.get("status") == "ok" else EXIT_REFUSED
@@ -398,11 +398,11 @@ def _hardware(args, stack: contextlib.ExitStack, product, clock):
     from firmware_bridge.host import ReaderBoard
     rig = None
     if args.simulate:
-        from device.rig import SimulatedRig
+        from device.runtime.rig import SimulatedRig
         rig = stack.enter_context(SimulatedRig(product, clock, seed=args.seed))
         port, camera = rig.port, rig.camera
     else:
-        from device.camera import open_camera
+        from device.runtime.camera import open_camera
         port, camera = args.port, open_camera(args.camera)
     return stack.enter_context(ReaderBoard(port)), camera, rig
 
@@ -411,7 +411,7 @@ def _qc_gate(args, stack: contextlib.ExitStack):
     """The session's `admit`: asks the QC records before every patient test (a technician's
     passing run in another process lifts the lock at once)."""
     from calibration.records import Records
-    from device.calibrations import qc_status
+    from calibration.in_force import qc_status
     records = stack.enter_context(Records(args.db))
     return lambda: qc_status(records)
 
@@ -424,7 +424,7 @@ def _start_web(args, stack: contextlib.ExitStack, service, rig, lab: bool = Fals
 
     import uvicorn
     from calibration.specs import load_product
-    from device.alerts import load_rules
+    from device.monitoring.alerts import load_rules
     from device.web.app import WebContext, create_app
     host, _, port = args.web.rpartition(":")
     https = bool(args.web_cert)
@@ -456,15 +456,15 @@ def cmd_serve(args) -> int:
 def _alert_judge(args):
     """The alert rules the reader checks after each patient's reading (the shipped defaults, or a
     clinic's edited file)."""
-    from device.alerts import judge, load_rules
+    from device.monitoring.alerts import judge, load_rules
     return judge(load_rules(args.alert_rules))
 
 
 def cmd_run(args, automatic_patient: bool = True) -> int:
     """The reader's service loop (systemd runs this): strips in, sessions run, results stored."""
-    from device.service import ReaderService, bound_heap, install_json_logging, stop_on_signals
-    from device.session import Clock, ReadingSession
-    from device.store import StoreUnavailable, open_for_service
+    from device.runtime.service import ReaderService, bound_heap, install_json_logging, stop_on_signals
+    from device.runtime.session import Clock, ReadingSession
+    from device.store.results import StoreUnavailable, open_for_service
     bound_heap()
     install_json_logging()
     stop = threading.Event()
@@ -664,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_option(backup)
     backup.set_defaults(func=cmd_backup)
 
-    from device import technician
+    from device.cli import technician
     technician.add_parsers(sub, spec_options, db_option, hardware_options)
 
     sync = sub.add_parser("sync", help="send stored results to the lab (FHIR and/or HL7 v2 over MLLP)")

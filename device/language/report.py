@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import unicodedata
 
-from device.i18n import N_, Words
+from device.language.i18n import N_, Words
 from device.web import views
 from device.web.plain import outcome_words
 
-# device.session's progress lines (on_progress), as templates: the longer of two overlapping first
+# device.runtime.session's progress lines (on_progress), as templates: the longer of two overlapping first
 SESSION_LINES = (N_("waiting for the strip"), N_("strip in: developing, reads at {times} s"),
                  N_("{taken} s: read {pads} - refused ({code})"), N_("{taken} s: read {pads}"),
                  N_("{outcome}: stored as record #{seq}"), N_("{outcome}: kept in memory until the store can take it"))

@@ -19,7 +19,7 @@ from calibration.digest import sha256
 from calibration.errors import ReadError
 from calibration.observe import StripObserver
 from calibration.specs import Card, Product
-from device.calibrations import ReaderCalibration
+from calibration.in_force import ReaderCalibration
 from models.derived import derive, ratios
 from models.pads import PadModel, PadReading
 
@@ -31,7 +31,7 @@ PAD_GLARE_FLAG = 0.05        # pads with more highlight than this (but readable)
 def software_version() -> str:
     """The version setup.py builds from the same file: asking importlib.metadata instead scanned the
     installed distributions on every cold start (20-50 ms and 4 MB of a `stripread read` here)."""
-    return (Path(__file__).parent / "data" / "version.txt").read_text(encoding="ascii").strip()
+    return (Path(__file__).parents[1] / "data" / "version.txt").read_text(encoding="ascii").strip()
 
 
 @lru_cache(maxsize=1)
@@ -72,7 +72,7 @@ class Reader:
     model: PadModel
     calibration: ReaderCalibration = field(default_factory=ReaderCalibration)
     correction_terms: str = DEFAULT_TERMS
-    report_style: str = "conventional"   # how the device shows values (device.units): provenance, never the values
+    report_style: str = "conventional"   # how the device shows values (device.language.units): provenance, never the values
 
     def __post_init__(self):
         ratios(self.product)              # a derived formula the reader cannot compute: refused now
