@@ -4,7 +4,7 @@ fitted to it per channel divides every other sample, which leaves colours relati
 white: exposure, white balance and light falloff cancel before the colour correction."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -69,6 +69,7 @@ class IlluminationField:
     glare_points: np.ndarray   # (G, 2) mm: white samples brighter than paper can be, i.e. highlights
     flat_field: FlatField | None = None   # the reader's measured light and lens (camera calibration)
     blown_fraction: float = 0.0   # share of the white saturated in every channel
+    lifted_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # (L, 2) mm: white above the light in every channel
 
     def white_at(self, points_mm: np.ndarray) -> np.ndarray:
         white = np.exp(surface_design(points_mm, self.card) @ self.coefficients)
@@ -80,11 +81,12 @@ class IlluminationField:
 
     def glare_near(self, points_mm: np.ndarray, radius_mm: float = GLARE_RADIUS_MM) -> np.ndarray:
         """True for points with a highlight on the card's white within `radius_mm`."""
-        points = np.asarray(points_mm, float).reshape(-1, 2)
-        if not len(self.glare_points):
-            return np.zeros(len(points), bool)
-        d = np.linalg.norm(points[:, None, :] - self.glare_points[None, :, :], axis=-1)
-        return (d <= radius_mm).any(axis=1)
+        return _near(points_mm, self.glare_points, radius_mm)
+
+    def lifted_near(self, points_mm: np.ndarray, radius_mm: float = GLARE_RADIUS_MM) -> np.ndarray:
+        """True for points with white lifted above the light in every channel within `radius_mm`:
+        a highlight too faint to blow out the paper, yet enough to wash out the colours under it."""
+        return _near(points_mm, self.lifted_points, radius_mm)
 
     @property
     def glare_fraction(self) -> float:
@@ -152,7 +154,7 @@ def fit_illumination(card: Card, white_rgb: np.ndarray, channel_clipped: np.ndar
         raise ReadError("calibration_failed", UNEVEN_MESSAGE)
     saturated_paper = bool(np.any(~unclipped.all(axis=1) & ~glare))   # clipped where no highlight explains it
     return IlluminationField(coefficients, card, rms, saturated_paper, points[glare], flat_field,
-                             float(np.mean(~unclipped.any(axis=1))))
+                             float(np.mean(~unclipped.any(axis=1))), points[upward])
 
 
 def _channel_surfaces(design: np.ndarray, logs: np.ndarray, keep: np.ndarray, unclipped: np.ndarray,
@@ -176,3 +178,10 @@ def _mean_where(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     count = mask.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, np.where(mask, values, 0).sum(axis=1) / count, np.nan)
+
+
+def _near(points_mm: np.ndarray, marks: np.ndarray, radius_mm: float) -> np.ndarray:
+    points = np.asarray(points_mm, float).reshape(-1, 2)
+    if not len(marks):
+        return np.zeros(len(points), bool)
+    return (np.linalg.norm(points[:, None, :] - marks[None, :, :], axis=-1) <= radius_mm).any(axis=1)

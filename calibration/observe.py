@@ -167,6 +167,9 @@ class StripObserver:
             # the card's colours do not fit while most of its white is saturated: that is the cause
             if (white.channel_clipped > 0.5).mean(axis=0).max() > 0.5:
                 raise ReadError("overexposed", OVEREXPOSED_MESSAGE) from None
+            # or a highlight too faint to blow out the paper lies over the patches it could not match
+            if np.any(light.lifted_near(self._patch_centers[usable], PATCH_GLARE_RADIUS_MM)):
+                raise ReadError("glare", CARD_GLARE_MESSAGE) from None
             raise
         return light, correction
 

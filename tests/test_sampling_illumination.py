@@ -35,13 +35,14 @@ def test_highlights_and_clipped_pixels_do_not_move_the_median():
     assert clean.specular[0] < 0.02
 
 
-def _white(card, gain, *, glare_at=None, shadow_x=None):
+def _white(card, gain, *, glare_at=None, shadow_x=None, glare_peak=2.0, glare_mm=5.0):
     points = illumination.white_points(card)
     x, y = points[:, 0] / card.size_mm[0], points[:, 1] / card.size_mm[1]
-    light = gain * (1.0 - 0.25 * x + 0.1 * y * y)[:, None] * np.array([1.0, 0.9, 0.7])
-    if glare_at is not None:
+    colour = np.array([1.0, 0.9, 0.7])
+    light = gain * (1.0 - 0.25 * x + 0.1 * y * y)[:, None] * colour
+    if glare_at is not None:      # the light's own colour, added
         d = np.linalg.norm(points - glare_at, axis=1)
-        light = light + 2.0 * np.exp(-0.5 * (d / 5.0) ** 2)[:, None]
+        light = light + glare_peak * gain * np.exp(-0.5 * (d / glare_mm) ** 2)[:, None] * colour
     if shadow_x is not None:
         light = np.where((points[:, 0] > shadow_x)[:, None], light * 0.6, light)
     encoded = linear_to_srgb(np.clip(light, 0, 1))
@@ -67,6 +68,16 @@ def test_a_highlight_is_mapped_as_glare_not_fitted_as_light(card):
     assert not field.white_clipped          # clipping inside a highlight is not saturated paper
     assert np.allclose(field.white_at(np.array([[60.0, 25.0]])), 0.7 * np.array([1.0, 0.9, 0.7]) *
                        (1.0 - 0.25 * 60 / 140 + 0.1 * 0.25), rtol=0.03)
+
+
+def test_a_faint_highlight_is_mapped_as_lifted_white_not_as_glare(card):
+    """White raised by a fifth in every channel around one spot: too faint to call glare on its
+    own, but kept as a map, so a colour correction that fails under it can say why."""
+    rgb, clipped = _white(card, 0.5, glare_at=np.array([60.0, 20.0]), glare_peak=0.2, glare_mm=4.0)
+    field = illumination.fit_illumination(card, rgb, clipped)
+    assert field.glare_fraction == 0
+    assert field.lifted_near(np.array([[60.0, 22.0]]))[0]
+    assert not field.lifted_near(np.array([[125.0, 25.0]]))[0]
 
 
 def test_a_shadow_across_the_card_fails_calibration(card):
