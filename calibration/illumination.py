@@ -70,6 +70,7 @@ class IlluminationField:
     flat_field: FlatField | None = None   # the reader's measured light and lens (camera calibration)
     blown_fraction: float = 0.0   # share of the white saturated in every channel
     lifted_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))   # (L, 2) mm: white above the light in every channel
+    channel_saturated_fraction: float = 0.0   # the largest share of the white saturated in one channel
 
     def white_at(self, points_mm: np.ndarray) -> np.ndarray:
         white = np.exp(surface_design(points_mm, self.card) @ self.coefficients)
@@ -87,6 +88,12 @@ class IlluminationField:
         """True for points with white lifted above the light in every channel within `radius_mm`:
         a highlight too faint to blow out the paper, yet enough to wash out the colours under it."""
         return _near(points_mm, self.lifted_points, radius_mm)
+
+    @property
+    def mostly_saturated(self) -> bool:
+        """One channel saturated over most of the white: colours measured against it are bounds,
+        so a card or strip that does not fit is explained by the exposure first."""
+        return self.channel_saturated_fraction > 0.5
 
     @property
     def glare_fraction(self) -> float:
@@ -154,7 +161,8 @@ def fit_illumination(card: Card, white_rgb: np.ndarray, channel_clipped: np.ndar
         raise ReadError("calibration_failed", UNEVEN_MESSAGE)
     saturated_paper = bool(np.any(~unclipped.all(axis=1) & ~glare))   # clipped where no highlight explains it
     return IlluminationField(coefficients, card, rms, saturated_paper, points[glare], flat_field,
-                             float(np.mean(~unclipped.any(axis=1))), points[upward])
+                             float(np.mean(~unclipped.any(axis=1))), points[upward],
+                             float((~unclipped).mean(axis=0).max()))
 
 
 def _channel_surfaces(design: np.ndarray, logs: np.ndarray, keep: np.ndarray, unclipped: np.ndarray,

@@ -165,7 +165,7 @@ class StripObserver:
                                         terms=self.correction_terms)
         except ReadError:
             # the card's colours do not fit while most of its white is saturated: that is the cause
-            if (white.channel_clipped > 0.5).mean(axis=0).max() > 0.5:
+            if light.mostly_saturated:
                 raise ReadError("overexposed", OVEREXPOSED_MESSAGE) from None
             # or a highlight too faint to blow out the paper lies over the patches it could not match
             if np.any(light.lifted_near(self._patch_centers[usable], PATCH_GLARE_RADIUS_MM)):
