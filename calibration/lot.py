@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -43,8 +43,13 @@ from calibration.errors import ReadError
 from calibration.observe import StripObservation, StripObserver
 from calibration.specs import Pad, Product
 
-if TYPE_CHECKING:
-    from models.pads import PadModel
+
+class PadModel(Protocol):
+    """What the agreement figures need of a pad model (models.pads.PadModel has it): calibration/
+    sits below models/ and does not import it."""
+
+    def read(self, observation: StripObservation) -> Sequence: ...
+
 
 SCHEMA = "stripread.lot/1"
 MIN_STRIPS_PER_KNOT = 3      # a level gets its own offset only from a median that outvotes one bad strip
