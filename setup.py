@@ -73,7 +73,8 @@ setup(
         # retraining the pad models (stripread train); reading needs only onnxruntime
         "train": TRAIN + SIM,
         "test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6", "trustme>=1.1", "httpx>=0.27", "selenium>=4.20",
-                 "schemathesis>=4"]   # fuzzes the web API from its OpenAPI schema
+                 "schemathesis>=4",   # fuzzes the web API from its OpenAPI schema
+                 "import-linter>=2.17"]   # the layering contracts in pyproject.toml (tests/test_layering.py)
         + TRAIN + SIM,
     },
     entry_points={"console_scripts": ["stripread = device.cli.commands:main"]},

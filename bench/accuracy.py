@@ -58,12 +58,8 @@ def register_holdout() -> None:
 
 @lru_cache(maxsize=None)
 def _reader(product_id: str, model: str):
-    from calibration.specs import load_card, load_product
-    from device.reading.reader import Reader
-    from models.onnx_model import OnnxPadModel
-    from models.pads import NearestChartColour
-    product = load_product(product_id)
-    return Reader(load_card(), product, NearestChartColour() if model == "baseline" else OnnxPadModel(product))
+    from device.runtime.wiring import ReaderSetup
+    return ReaderSetup(product=product_id, model=model).reader()    # no records: the factory calibration
 
 
 def _position(pad, level: str | None, value: float | None) -> float | None:

@@ -60,8 +60,8 @@ LAB = ("import sys; from simulator.lab_fhir import FhirPeer; peer = FhirPeer().s
 REPLAYING = """
 import sys
 from pathlib import Path
-from device import camera
 from device.cli.commands import main
+from simulator import camera
 photo = Path(sys.argv[1]).read_bytes()
 camera.SimulatedCamera.capture = lambda self: photo
 sys.exit(main(sys.argv[2:]))

@@ -12,6 +12,7 @@ loop, not accuracy. Figures go to bench/results/sessions.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -32,21 +33,18 @@ def main(argv=None) -> int:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import cv2
     cv2.setNumThreads(1)
-    from calibration.specs import load_card, load_product
-    from device.reading.reader import Reader
-    from device.runtime.rig import SimulatedRig
     from device.runtime.service import ReaderService
-    from device.runtime.session import Clock, ReadingSession
+    from device.runtime.session import ReadingSession
+    from device.runtime.wiring import ReaderSetup
     from device.store.results import ResultStore
-    from firmware_bridge.host import ReaderBoard
-    from models.onnx_model import OnnxPadModel
 
-    product = load_product()
-    reader = Reader(load_card(), product, OnnxPadModel(product))
-    clock, stop = Clock(args.speed), threading.Event()
+    stop = threading.Event()
     rendering = [0.0]
-    with tempfile.TemporaryDirectory() as tmp, SimulatedRig(product, clock, seed=1) as rig, \
-            ResultStore(Path(tmp) / "r.db") as store, ReaderBoard(rig.port) as board:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        setup = ReaderSetup(db=Path(tmp) / "r.db", model="onnx", simulate=True, speed=args.speed, seed=1)
+        reader, clock = setup.reader(), setup.clock()
+        board, _, rig = setup.hardware(stack, reader.product, clock)
+        store = stack.enter_context(ResultStore(setup.db))
         capture = rig.camera.capture
 
         def timed_capture():

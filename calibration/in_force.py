@@ -12,12 +12,29 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from calibration.specs import Card, card_from_document
 
-if TYPE_CHECKING:    # the read path imports this module; the records' SQLite and hashlib only with a store
-    from calibration.records import Records
+
+class StoredRecord(Protocol):
+    id: str
+    subject: str
+    created_at: str
+    payload: dict
+
+
+class RecordSource(Protocol):
+    """The technicians' records as this module reads them (`device.store.records.Records` keeps
+    them: calibration/ never imports the device's store)."""
+
+    def latest(self, kind: str, subject: str | None = None) -> StoredRecord | None: ...
+
+    def history(self, kind: str, subject: str | None = None, limit: int | None = None) -> list[StoredRecord]: ...
+
+    def latest_per_subject(self, kind: str) -> dict[str, StoredRecord]: ...
+
+    def add(self, kind: str, subject: str, payload: dict, operator: str | None = None) -> StoredRecord: ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,7 @@ class ReaderCalibration:
                 "strip_lot": self.strip_lot, "lot_calibration_id": self.lot_id}
 
 
-def load_calibration(records: Records, card: Card, product_id: str,
+def load_calibration(records: RecordSource, card: Card, product_id: str,
                      strip_lot: str | None = None) -> tuple[Card, ReaderCalibration]:
     """The card to read with (the measured one, if the technician measured this card) and the
     calibration in force for it, the product and the strip lot."""
@@ -69,7 +86,7 @@ class QcStatus:
 NOT_LOCKED = QcStatus(False, "", None)      # no QC asked of this session (a control strip, or no gate)
 
 
-def qc_status(records: Records, now: datetime | None = None) -> QcStatus:
+def qc_status(records: RecordSource, now: datetime | None = None) -> QcStatus:
     """Locked after a failed run until that control passes again; locked when a scheduled
     control is overdue."""
     now = now or datetime.now(timezone.utc)
@@ -90,7 +107,7 @@ def qc_status(records: Records, now: datetime | None = None) -> QcStatus:
     return QcStatus(False, "Quality control passed." if latest else "No quality control is set up.", passing)
 
 
-def control_runs(records: Records, control_id: str, control=None):
+def control_runs(records: RecordSource, control_id: str, control=None):
     """(the control, its stored runs of that control's material lot, oldest first): the history the
     Westgard rules and the Levey-Jennings chart see. Without `control`, the definition kept with the
     newest run; (None, []) when the control never ran."""
@@ -119,7 +136,7 @@ def _history(records, control) -> dict:
     return history_from(control_runs(records, control.id, control)[1])
 
 
-def judge_qc_run(records, controls, results: list[dict], operator: str | None):
+def judge_qc_run(records: RecordSource, controls, results: list[dict], operator: str | None):
     """Judge control strips' readings against their targets and earlier runs (Westgard), store
     each run, and return (the runs, the QC status after them): the CLI's and the web page's QC."""
     from calibration.qc import evaluate_run

@@ -14,9 +14,12 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from calibration.errors import SpecError
-from calibration.specs import Product
+
+if TYPE_CHECKING:        # a stored reading's derived entries are read back without the chart stack (numpy)
+    from calibration.specs import Product
 
 _RATIO = re.compile(r"^\s*(\w+)\s*\[[^\]]*\]\s*/\s*(\w+)\s*\[[^\]]*\]\s*\*\s*([0-9.eE+-]+)\s*$")
 
@@ -53,34 +56,46 @@ def ratios(product: Product) -> tuple[Ratio, ...]:
     return tuple(found)
 
 
-def derive(product: Product, analytes: list[dict]) -> list[dict]:
-    """The derived entries of a result from its pad entries (`value`, `value_interval`)."""
-    by_analyte = {a["analyte"]: a for a in analytes}
-    return [_ratio_entry(ratio, by_analyte[ratio.numerator], by_analyte[ratio.denominator])
-            for ratio in ratios(product)]
+@dataclass(frozen=True)
+class Derived:
+    """One derived quantity of a reading (None value: a pad it needs was not read, `flags` says which)."""
+    code: str
+    name: str
+    loinc: str | None
+    unit: str | None
+    sources: tuple[str, ...]             # the pads it is computed from (numerator, denominator)
+    value: float | None
+    interval: tuple[float, float] | None
+    category: str | None
+    flags: tuple[str, ...] = ()
 
 
-def _ratio_entry(ratio: Ratio, top: dict, bottom: dict) -> dict:
-    entry = {"code": ratio.code, "name": ratio.name, "loinc": ratio.loinc, "unit": ratio.unit,
-             "from": [ratio.numerator, ratio.denominator]}
-    if not top.get("value") or not bottom.get("value"):
-        missing = ratio.numerator if not top.get("value") else ratio.denominator
-        return {**entry, "value": None, "interval": None, "category": None, "flags": [f"no_{missing.lower()}"]}
-    value = ratio.factor * top["value"] / bottom["value"]
+def derive(product: Product, pads) -> tuple[Derived, ...]:
+    """The product's derived quantities from its pads' results (objects with `analyte`, `value` and
+    `interval`, as `device.reading.result.PadResult`), computed once per reading."""
+    by_analyte = {pad.analyte: pad for pad in pads}
+    return tuple(_ratio_of(ratio, by_analyte[ratio.numerator], by_analyte[ratio.denominator])
+                 for ratio in ratios(product))
+
+
+def _ratio_of(ratio: Ratio, top, bottom) -> Derived:
+    named = (ratio.code, ratio.name, ratio.loinc, ratio.unit, (ratio.numerator, ratio.denominator))
+    if not top.value or not bottom.value:
+        missing = ratio.numerator if not top.value else ratio.denominator
+        return Derived(*named, None, None, None, (f"no_{missing.lower()}",))
+    value = ratio.factor * top.value / bottom.value
     spread = math.hypot(_log_half_width(top), _log_half_width(bottom))
     low, high = value * math.exp(-spread), value * math.exp(spread)
     category = ratio.category(value)
     flags = [] if category == ratio.categories[0][0] else ["abnormal"]
     if ratio.category(low) != ratio.category(high):
         flags.append("category_uncertain")
-    return {**entry, "value": round(value, 2), "interval": [round(low, 2), round(high, 2)], "category": category,
-            "flags": flags}
+    return Derived(*named, round(value, 2), (round(low, 2), round(high, 2)), category, tuple(flags))
 
 
-def _log_half_width(pad: dict) -> float:
+def _log_half_width(pad) -> float:
     """Half the width of a pad's interval in log units (0 without one: the pad's own value only)."""
-    interval = pad.get("value_interval")
-    if not interval:
+    if not pad.interval:
         return 0.0
-    low, high = (max(v, 1e-3 * pad["value"]) for v in interval)
+    low, high = (max(v, 1e-3 * pad.value) for v in pad.interval)
     return max(0.0, math.log(high / low) / 2)

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from calibration.specs import load_product
-from device.monitoring.alerts import DEFAULT_RULES, AlertRulesError, Reading, evaluate, load_rules, new_alerts
+from device.monitoring.alerts import DEFAULT_RULES, AlertRulesError, Taken, evaluate, load_rules, new_alerts
+from device.reading.result import Reading
 
 T0 = datetime(2024, 3, 1, 8, 30, tzinfo=timezone.utc)
 GENERIC = load_product("generic-10")
@@ -51,12 +52,13 @@ def acr(category: str | None, albumin: str = "30", confidence: float = 0.95) -> 
 REFUSED = {**strip(), "status": "error", "error": {"code": "glare", "message": "Too much glare."}}
 
 
-def history(*tests: tuple[float, dict]) -> list[Reading]:
+def history(*tests: tuple[float, dict]) -> list[Taken]:
     """Readings (days after T0, result), oldest first, numbered from 101."""
-    return [Reading(101 + i, T0 + timedelta(days=day), result) for i, (day, result) in enumerate(tests)]
+    return [Taken(101 + i, T0 + timedelta(days=day), Reading.from_dict(result))
+            for i, (day, result) in enumerate(tests)]
 
 
-def weekly(*results: dict) -> list[Reading]:
+def weekly(*results: dict) -> list[Taken]:
     return history(*((7 * week, result) for week, result in enumerate(results)))
 
 

@@ -399,7 +399,7 @@ def test_a_technician_runs_qc_from_the_page_and_sees_its_verdict(server, browser
 
 
 def test_the_qc_lock_is_shown_before_start_with_whom_to_contact(server, browser):
-    from calibration.records import Records
+    from device.store.records import Records
     from selenium.webdriver.common.by import By
     url = server["url"]
     with Records(server["db"]) as records:

@@ -12,7 +12,7 @@ from calibration.camera_calibration import CameraCalibration, CameraCalibrationE
 from calibration.colour import delta_e_2000
 from calibration.errors import ReadError
 from calibration.observe import StripObserver
-from calibration.records import Records
+from device.store.records import Records
 from simulator.scene import photograph, random_scene
 
 SIZE = (1456, 1088)

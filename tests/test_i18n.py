@@ -26,7 +26,7 @@ from device.language.i18n import LOCALE_DIR, LOCALES, LanguageError, Words, choo
 from device.store.results import ResultStore
 from device.web import views
 from device.web.app import WebContext, create_app
-from device.web.plain import level_words, reference_range, value_text
+from device.language.plain import level_words, reference_range, value_text
 from labdata import RESULT
 
 ROOT = Path(__file__).resolve().parents[1]

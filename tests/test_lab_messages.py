@@ -1,5 +1,6 @@
 """What the reader tells the lab: the FHIR transaction and the HL7 ORU^R01 for a stored reading, read
 back with the formats' own libraries; and the lab configuration's checks."""
+import dataclasses
 import json
 
 import pytest
@@ -75,8 +76,7 @@ def test_the_device_names_what_produced_the_result(record):
                         "reference card": "card-v1", "calibration": "factory"}
     assert device["serialNumber"] == "sr-test0001"
     recalibrated = {**record.result, "provenance": {**record.result["provenance"], "calibration_id": "cal-9"}}
-    other, = _resources(transaction(record.__class__(**{**record.__dict__, "result": recalibrated}), CONFIG),
-                        "Device")
+    other, = _resources(transaction(dataclasses.replace(record, result=recalibrated), CONFIG), "Device")
     assert other["identifier"][1] != device["identifier"][1]   # a new configuration is a new Device
 
 

@@ -238,3 +238,32 @@ def test_paper_darker_than_the_card_file_says(fault, expected):
     assert result.get("error", {}).get("code", "ok") == expected
     if expected == "ok":
         assert sum(level == truth.pads[a].level for a, level in _levels(result).items()) >= 9
+
+
+@pytest.mark.parametrize("seed, fault", [(3, None), (4, "glare"), (8, "out_of_gamut")])
+def test_the_reading_object_is_the_json_and_reads_back_as_it(seed, fault):
+    """The Reader builds one Reading; its JSON is what `read` prints, and a stored copy parsed
+    back serialises to the same object, refusals included."""
+    from device.reading.result import Reading
+    spec, data, _ = photo(seed, fault)
+    taken, _ = reader(spec.product).take(data, crops=False)
+    printed = taken.to_dict()
+    jsonschema.validate(printed, SCHEMA)
+    assert (taken.status == "ok") == (fault != "glare")
+    stored = json.loads(json.dumps(printed))
+    assert Reading.from_dict(stored).to_dict() == stored
+    assert json.dumps(Reading.from_dict(stored).to_dict()) == json.dumps(printed)     # key order too
+
+
+def test_derived_ratios_are_computed_from_the_pads_as_the_reading_holds_them(acr_product):
+    """A reading's ACR follows its pads: a pad withheld later (read too late) leaves it unreported."""
+    import dataclasses
+    from models.onnx_model import OnnxPadModel
+    rng = np.random.default_rng(11)
+    data, _ = scene.photograph(scene.random_scene(rng, product=acr_product.id), rng)
+    taken, _ = Reader(load_card(), acr_product, OnnxPadModel(acr_product)).take(data, crops=False)
+    assert taken.derived[0].value is not None and taken.to_dict()["derived"][0]["code"] == "ACR"
+    late = dataclasses.replace(taken, pads=tuple(p.unreported("outside_read_window") if p.analyte == "CRE" else p
+                                                 for p in taken.pads))
+    assert late.derived[0].value is None and late.derived[0].flags == ("no_cre",)
+    assert late.to_dict()["analytes"][1]["flags"] == ["outside_read_window"]

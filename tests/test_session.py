@@ -6,12 +6,13 @@ from dataclasses import dataclass
 import pytest
 
 from calibration.specs import load_card, load_product
-from device.runtime.camera import CameraLost, SimulatedCamera
+from device.runtime.camera import CameraLost
 from device.reading.reader import Reader
 from device.runtime.session import LATE_TOLERANCE_S, ReadingSession
 from device.store.results import ResultStore
 from firmware_bridge.host import BoardUnavailable, Climate, Event
 from models.onnx_model import OnnxPadModel
+from simulator.camera import SimulatedCamera
 
 
 class FakeClock:

@@ -193,3 +193,40 @@ def test_a_version_1_store_is_migrated_without_sending_its_refusals(tmp_path):
         assert [r.result_id for r in s.pending()] == [ok.result_id]
         assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert s.deliveries(ok.result_id) == {} and s.verify().first_broken_seq is None
+
+
+def test_a_reading_is_stored_as_its_json_and_judged_as_the_object_itself(store):
+    """The store writes a Reading's JSON; the record carries the reading itself, and the alert
+    hook sees the patient's earlier records read back and this one as given (not re-parsed)."""
+    from device.reading.result import Reading
+    earlier = store.add(RESULT, patient_id="P-1")
+    reading = Reading.from_dict({**RESULT, "analytes": [{**RESULT["analytes"][0], "flags": ["abnormal"]}]})
+    seen = []
+    stored = store.add(reading, patient_id="P-1", judge=lambda history, open_alerts: seen.extend(history) or [])
+    assert stored.reading is reading and seen[-1].reading is reading
+    assert [r.seq for r in seen] == [earlier.seq, stored.seq] and seen[0].reading.findings() == []
+    assert store.get(stored.seq).result == reading.to_dict() and store.get(stored.seq).reading.findings() == ["GLU 250"]
+
+
+def test_results_and_technicians_records_share_one_file_and_one_opener(tmp_path):
+    """Both open the device's file the same way (WAL, durable) and neither disturbs the other's
+    chain; a read-only look at a file without records writes nothing."""
+    from device.store.records import Records
+    path = tmp_path / "device.db"
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with Records(empty, readonly=True) as records:
+        assert records.latest("camera") is None
+    assert empty.stat().st_size == 0
+    with ResultStore(path) as results, Records(path) as records:
+        results.add(RESULT)
+        record = records.add("qc_schedule", "device", {"interval_hours": 24, "controls": ["negative"]},
+                             operator="Jürgen")
+        results.add(RESULT)
+        assert results.verify().first_broken_seq is None and records.verify() == []
+        assert results._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert records._db.execute("PRAGMA synchronous").fetchone()[0] == 2         # FULL
+    with Records(path, readonly=True) as records:
+        assert records.get(record.id) == record
+    with pytest.raises(sqlite3.OperationalError):
+        Records(tmp_path / "missing.db", readonly=True)

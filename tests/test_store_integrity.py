@@ -248,7 +248,7 @@ def test_a_real_full_disk_is_refused_before_a_test_and_survived_during_one(reade
                 pass
         refused = session.run()                         # below the margin: not started
         assert refused.outcome == "storage_full" and "storage is almost full" in (
-            refused.record.result["message"] if refused.record else session.held[-1]["result"]["message"])
+            refused.record.result["message"] if refused.record else session.held[-1]["result"].to_dict()["message"])
         session.held.clear()
         session.min_free_mb = 0                         # the disk fills up during the test
         assert session.run(patient_id="P-3").record is None and len(session.held) == 1
@@ -263,7 +263,7 @@ def test_a_read_only_data_folder_still_reads_and_the_service_says_why_it_cannot_
     assert main(["simulate", "--out", str(photo), "--seed", "3"]) == 0
     with _tmpfs(tmp_path / "data", "4m") as data:
         _filled(data / "results.db", 2)
-        from calibration.records import Records
+        from device.store.records import Records
         with Records(data / "results.db") as records:
             records.add("qc_schedule", "device", {"every_days": 7})
         subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 
-from calibration.records import Records
+from device.store.records import Records
 from calibration.in_force import ReaderCalibration, qc_status
 from device.reading.reader import Reader
 from device.store.results import ResultStore

@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
-from calibration.records import Records
+from device.store.records import Records
 from device.monitoring.alerts import judge, load_rules
 from device.runtime.session import State
 from device.store.results import ResultStore
 from device.web.app import FORM_COOKIE, SESSION_COOKIE, WebContext, create_app
 from device.web.auth import Accounts
 from device.language.i18n import Words
-from device.web.plain import chart_rounded, reference_range, trend_svg
+from device.language.plain import chart_rounded, reference_range, trend_svg
 from labdata import RESULT, fill
 
 PASSWORD = "correct horse battery"

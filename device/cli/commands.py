@@ -1,5 +1,7 @@
-"""`stripread` command line. Exit codes: 0 ok, 1 the reading was refused (an error code of the
-result schema), 2 bad usage or an unusable card/product file, 3 an internal error."""
+"""`stripread` command line: its parser and the core commands (the technicians' are in
+technician.py). A reader is put together by device/runtime/wiring.py from the parsed options.
+Exit codes (terminal.py): 0 ok, 1 the reading was refused (an error code of the result schema),
+2 bad usage or an unusable card/product file, 3 an internal error."""
 from __future__ import annotations
 
 import argparse
@@ -11,36 +13,11 @@ import threading
 from pathlib import Path
 
 from calibration.errors import ReadError, SpecError
+from device.cli import technician
+from device.cli.options import alert_option, db_option, display_options, service_options, spec_options
+from device.cli.terminal import EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, progress
 from device.language.i18n import LanguageError
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
-
-
-def default_db_path() -> Path:
-    """The results database: under $STRIPREAD_DATA if set (the service sets /var/lib/stripread),
-    else in the user's data folder. Here, not in device.store.results: every command's parser needs it, and
-    importing the store (SQLite, the signing key's cryptography) cost a cold `read` 12 MB and 30 ms."""
-    folder = os.environ.get("STRIPREAD_DATA") or Path.home() / ".local" / "share" / "stripread"
-    return Path(folder) / "results.db"
-
-
-def _reader(args):
-    """The read path for the command's card, product and pad model: `auto` (the product's shipped
-    trained model, or the baseline for a product that has none), `onnx`, `baseline` or a file."""
-    from calibration.specs import load_card, load_product
-    from device.reading.reader import Reader
-    from models.onnx_model import OnnxPadModel, default_model_path
-    product = load_product(args.product)
-    choice = args.model
-    if choice == "auto":
-        choice = "onnx" if default_model_path(product).is_file() else "baseline"
-    if choice == "baseline":
-        from models.pads import NearestChartColour
-        model = NearestChartColour()
-    else:
-        model = OnnxPadModel(product, None if choice == "onnx" else Path(choice))
-    card, calibration = _calibration(args, load_card(args.card), product)
-    return Reader(card, product, model, calibration, report_style=_words(args).style)
+from device.runtime.wiring import ReaderSetup
 
 
 def _words(args):
@@ -50,39 +27,22 @@ def _words(args):
     return Words(choose_locale(getattr(args, "lang", None)), choose_style(getattr(args, "units", None)))
 
 
-def _calibration(args, card, product):
-    """The technicians' records in force on this reader (none yet: the factory state)."""
-    from calibration.in_force import ReaderCalibration, load_calibration
-    lot = getattr(args, "lot", None)
-    if not Path(args.db).is_file():
-        return card, ReaderCalibration(strip_lot=lot)
-    from calibration.records import Records
-    with Records(args.db, readonly=True) as records:
-        return load_calibration(records, card, product.id, lot)
-
-
 def _refusal(code: str, message: str) -> dict:
-    return {"schema": "stripread.read/1", "status": "error", "error": {"code": code, "message": message}}
-
-
-def _progress(done: int, total: int) -> None:
-    """A one-line progress bar on stderr."""
-    width = 30
-    filled = width * done // max(total, 1)
-    end = "\n" if done >= total else ""
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+    from device.reading.result import refused
+    return refused(code, message).to_dict()
 
 
 def format_table(result: dict, words=None) -> str:
     """A short table a nurse can read at a glance, in the device's language and report style
-    (device/language/report.py; English and conventional units without `words`)."""
+    (device/cli/report.py; English and conventional units without `words`)."""
     from device.language.i18n import Words
-    from device.language.report import table
+    from device.cli.report import table
     return table(result, words or Words())
 
 
 def cmd_read(args) -> int:
     from calibration.decode import check_limits, read_photo
+    words = _words(args)         # an unknown --lang or --units is bad usage, whatever the photo
     try:
         data, captured = read_photo(args.photo)
         check_limits(data)         # a bomb is refused before OpenCV and the pad model are loaded
@@ -94,11 +54,11 @@ def cmd_read(args) -> int:
         result = _refusal(err.code, err.message)
     else:
         try:
-            result = _reader(args).read(data, captured_at=captured)
+            result = ReaderSetup.from_args(args).reader().read(data, captured_at=captured)
         except ReadError as err:   # the model could not be loaded: refuse rather than misread
             print(f"stripread: {getattr(err, 'detail', err.message)}", file=sys.stderr)
             result = _refusal(err.code, err.message)
-    print(json.dumps(result, indent=1, allow_nan=False) if args.json else format_table(result, _words(args)))
+    print(json.dumps(result, indent=1, allow_nan=False) if args.json else format_table(result, words))
     return EXIT_OK if result["status"] == "ok" else EXIT_REFUSED
 
 
@@ -110,11 +70,11 @@ def cmd_train(args) -> int:
     parts = []
     if args.synthetic:
         print(f"rendering and observing {args.synthetic} synthetic scenes of {product.id}", file=sys.stderr)
-        parts.append(dataset.synthetic(args.product, args.card, args.synthetic, args.seed, args.jobs, _progress,
+        parts.append(dataset.synthetic(args.product, args.card, args.synthetic, args.seed, args.jobs, progress,
                                        Path(args.photos) if args.photos else None))
     if args.data:
         print(f"observing the labelled captures in {args.data}", file=sys.stderr)
-        parts.append(dataset.real_captures(product, card, Path(args.data), _progress))
+        parts.append(dataset.real_captures(product, card, Path(args.data), progress))
     if not parts:
         print("stripread: nothing to train on: give --synthetic N and/or --data DIR", file=sys.stderr)
         return EXIT_USAGE
@@ -136,12 +96,8 @@ def cmd_card_print(args) -> int:
 
 def cmd_simulate(args) -> int:
     """A photo from the spectral simulator, for trying the reader without a camera."""
-    import numpy as np
-    from calibration.specs import load_card, load_product
-    from simulator.scene import photograph, random_scene
-    rng = np.random.default_rng(args.seed)
-    spec = random_scene(rng, product=load_product(args.product), card=load_card(args.card), fault=args.fault)
-    data, truth = photograph(spec, rng)
+    from device.runtime.wiring import simulated_photo
+    data, spec, truth = simulated_photo(args.product, args.card, args.seed, args.fault)
     Path(args.out).write_bytes(data)
     expected = {a: t.level for a, t in truth.pads.items()}
     print(json.dumps({"photo": args.out, "illuminant": spec.illuminant, "camera": spec.camera,
@@ -158,14 +114,12 @@ def cmd_history(args) -> int:
         return EXIT_OK
     rows = [("#", "stored (UTC)", "patient", "status", "findings")]
     for r in records:
-        res = r.result
-        if res.get("status") == "ok":
-            findings = ", ".join(f"{a['analyte']} {a['level']}" for a in res.get("analytes", [])
-                                 if "abnormal" in a.get("flags", ())) or "all within normal"
+        reading = r.reading
+        if reading.ok:
+            findings = ", ".join(reading.findings()) or "all within normal"
         else:
-            findings = res.get("error", {}).get("code", "")
-        rows.append((str(r.seq), r.stored_at[:19].replace("T", " "), r.patient_id or "-", res.get("status", "?"),
-                     findings))
+            findings = reading.error.code if reading.error else ""
+        rows.append((str(r.seq), r.stored_at[:19].replace("T", " "), r.patient_id or "-", reading.status, findings))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
@@ -176,7 +130,7 @@ def cmd_trend(args) -> int:
     """A patient's analytes over time: a line each on the terminal, and a PNG plot."""
     from device.store.results import ResultStore
     from device.monitoring.trends import pad_of, series, trend_png
-    from device.web.plain import level_words
+    from device.language.plain import level_words
     with ResultStore(args.db, readonly=True) as store:
         lines = series(list(reversed(store.history(args.patient, args.limit))))
     words = _words(args)
@@ -312,7 +266,7 @@ def cmd_sync(args) -> int:
         print(f"{store.outbox_counts()['pending']} result(s) to send to "
               + ", ".join(sink.describe() for sink in syncer.sinks))
         try:
-            summary = syncer.sync_once(on_progress=_progress)
+            summary = syncer.sync_once(on_progress=progress)
         finally:
             syncer.close()
         counts = store.outbox_counts()
@@ -350,14 +304,13 @@ def cmd_demo(args) -> int:
     """A full timed reading session on the simulated reader: the simulated board (LEDs, strip
     sensor, climate) over a real serial link on a pseudo-terminal, the simulated camera whose pads
     develop after dipping, time compressed by --speed; the result printed and stored."""
-    from device.runtime.rig import SimulatedRig
-    from device.runtime.session import Clock, ReadingSession
+    from device.runtime.session import ReadingSession
     from device.store.results import StoreUnavailable, open_for_service
-    from device.language.report import advice, session_line
-    from firmware_bridge.host import ReaderBoard
+    from device.cli.report import advice, session_line
     words = _words(args)
+    setup = ReaderSetup.from_args(args, simulate=True)
     try:
-        reader = _reader(args)
+        reader = setup.reader()
         store = open_for_service(args.db)        # a damaged store is set aside, never written
     except ReadError as err:
         print(format_table(_refusal(err.code, err.message), words))
@@ -365,16 +318,15 @@ def cmd_demo(args) -> int:
     except StoreUnavailable as exc:
         print(f"stripread: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    clock = Clock(args.speed)
+    clock = setup.clock()
     with contextlib.ExitStack() as stack:
         stack.enter_context(store)
-        rig = stack.enter_context(SimulatedRig(reader.product, clock, seed=args.seed))
-        board = stack.enter_context(ReaderBoard(rig.port))
+        board, _, rig = setup.hardware(stack, reader.product, clock)
         print(words("Simulated reader: a {product} strip, camera '{camera}' under '{light}' light, time x{speed}; "
                     "board firmware {firmware} on {port}.", product=reader.product.id, camera=rig.camera.spec.camera,
                     light=rig.camera.spec.illuminant, speed=f"{args.speed:g}",
                     firmware=".".join(map(str, board.info.firmware_version)), port=rig.port))
-        session = ReadingSession(reader, board, rig.camera, store, clock, admit=_qc_gate(args, stack),
+        session = ReadingSession(reader, board, rig.camera, store, clock, admit=setup.qc_gate(stack),
                                  judge=_alert_judge(args),
                                  on_progress=lambda message: print(f"  {session_line(message, words)}", flush=True))
         threading.Timer(2.0 / args.speed, rig.insert_strip).start()   # the patient, two seconds later
@@ -391,29 +343,6 @@ def cmd_demo(args) -> int:
             print("\n" + advice(report.record, load_rules(args.alert_rules), words))
     print(words("Stored as record #{seq} in {db}.", seq=report.record.seq, db=args.db))
     return EXIT_OK if result.get("status") == "ok" else EXIT_REFUSED
-
-
-def _hardware(args, stack: contextlib.ExitStack, product, clock):
-    """The reader's board and camera, or with --simulate the built-in simulated reader's (and the rig)."""
-    from firmware_bridge.host import ReaderBoard
-    rig = None
-    if args.simulate:
-        from device.runtime.rig import SimulatedRig
-        rig = stack.enter_context(SimulatedRig(product, clock, seed=args.seed))
-        port, camera = rig.port, rig.camera
-    else:
-        from device.runtime.camera import open_camera
-        port, camera = args.port, open_camera(args.camera)
-    return stack.enter_context(ReaderBoard(port)), camera, rig
-
-
-def _qc_gate(args, stack: contextlib.ExitStack):
-    """The session's `admit`: asks the QC records before every patient test (a technician's
-    passing run in another process lifts the lock at once)."""
-    from calibration.records import Records
-    from calibration.in_force import qc_status
-    records = stack.enter_context(Records(args.db))
-    return lambda: qc_status(records)
 
 
 def _start_web(args, stack: contextlib.ExitStack, service, rig, lab: bool = False) -> None:
@@ -463,7 +392,7 @@ def _alert_judge(args):
 def cmd_run(args, automatic_patient: bool = True) -> int:
     """The reader's service loop (systemd runs this): strips in, sessions run, results stored."""
     from device.runtime.service import ReaderService, bound_heap, install_json_logging, stop_on_signals
-    from device.runtime.session import Clock, ReadingSession
+    from device.runtime.session import ReadingSession
     from device.store.results import StoreUnavailable, open_for_service
     bound_heap()
     install_json_logging()
@@ -477,10 +406,11 @@ def cmd_run(args, automatic_patient: bool = True) -> int:
         return EXIT_USAGE
     with contextlib.ExitStack() as stack:
         stack.enter_context(store)
-        reader = _reader(args)
-        clock = Clock(args.speed if args.simulate else 1.0)
-        board, camera, rig = _hardware(args, stack, reader.product, clock)
-        session = ReadingSession(reader, board, camera, store, clock, stop=stop, admit=_qc_gate(args, stack),
+        setup = ReaderSetup.from_args(args)
+        reader = setup.reader()
+        clock = setup.clock()
+        board, camera, rig = setup.hardware(stack, reader.product, clock)
+        session = ReadingSession(reader, board, camera, store, clock, stop=stop, admit=setup.qc_gate(stack),
                                  judge=_alert_judge(args))
         if args.min_free_mb is not None:
             session.min_free_mb = args.min_free_mb
@@ -516,52 +446,20 @@ def cmd_user(args) -> int:
     return EXIT_OK
 
 
-def _prompt(args, message: str) -> None:
-    """Ask the technician to do something and wait for Enter (unless --yes or not at a terminal)."""
-    if args.yes or not sys.stdin.isatty():
-        print(message + ".")
-    else:
-        input(message + ", then press Enter: ")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """Every command with its options and the function that runs it, in the order `--help` lists them."""
     parser = argparse.ArgumentParser(prog="stripread", description="Quantitative urine test-strip reader.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _reading_parsers(sub)
+    _service_parsers(sub)
+    _store_parsers(sub)
+    technician.add_parsers(sub)
+    _lab_and_model_parsers(sub)
+    return parser
 
-    def spec_options(p, model=False):
-        p.add_argument("--product", default="generic-10", help="product id or product file (default generic-10)")
-        p.add_argument("--card", default="card-v1", help="card id or card file (default card-v1)")
-        if model:
-            p.add_argument("--lot", help="the strip lot (from the bottle): its calibration applies, an expired "
-                                         "lot is refused")
-            p.add_argument("--model", default="auto", help="auto (the product's shipped trained model, else the "
-                                                          "baseline), onnx, baseline (nearest chart colour) "
-                                                          "or an .onnx file")
 
-    db_default = str(default_db_path())      # once: 19 commands take it
-
-    def db_option(p):
-        p.add_argument("--db", default=db_default, help="results database (default %(default)s)")
-
-    def alert_option(p):
-        p.add_argument("--alert-rules", help="the clinic's alert rules (TOML; default: the shipped "
-                                             "device/data/alert-rules.toml)")
-
-    def display_options(p):
-        p.add_argument("--lang", help="language of what a person reads: en or zh_CN (default $STRIPREAD_LANG, "
-                                      "else en); JSON, logs and lab messages are always language-neutral")
-        p.add_argument("--units", help="report style: conventional, si (SI units) or plus (plus grades with SI "
-                                       "values) (default $STRIPREAD_REPORT_STYLE, else conventional); results "
-                                       "are stored and sent in the product's UCUM units whatever the style")
-
-    def hardware_options(p, speed=20.0):
-        p.add_argument("--simulate", action="store_true", help="use the built-in simulated reader")
-        p.add_argument("--port", default=os.environ.get("STRIPREAD_PORT", "/dev/ttyACM0"),
-                       help="serial port of the reader's board (default $STRIPREAD_PORT or /dev/ttyACM0)")
-        p.add_argument("--camera", default="auto", help="auto (Pi camera, else USB), picamera2 or opencv")
-        p.add_argument("--speed", type=float, default=speed, help="time compression when simulating")
-        p.add_argument("--seed", type=int, default=1, help="which simulated reader (its pose, light and camera)")
-
+def _reading_parsers(sub) -> None:
+    """`read`, `card print` and `demo`."""
     read = sub.add_parser("read", help="read one photo of a strip on the reference card")
     read.add_argument("photo")
     read.add_argument("--json", action="store_true", help="print the stripread.read/1 result object")
@@ -589,28 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     display_options(demo)
     demo.set_defaults(func=cmd_demo)
 
-    def service_options(p, web_default):
-        p.add_argument("--operator", help="operator id recorded with every result")
-        hardware_options(p)
-        p.add_argument("--lab-config", help="lab configuration (default $STRIPREAD_LAB_CONFIG, /etc/stripread/"
-                                            "lab.toml, ~/.config/stripread/lab.toml); none: results stay here")
-        p.add_argument("--web", default=web_default, help="HOST:PORT of the web interface, or off "
-                                                          "(default %(default)s; 0.0.0.0 for phones on the network)")
-        p.add_argument("--web-cert", help="TLS certificate for the web interface (needed beyond this machine)")
-        alert_option(p)
-        p.add_argument("--web-key", help="its private key")
-        p.add_argument("--web-login", action="store_true", help="every page needs a staff login (a clinic's "
-                                                                "network), not only the technician's")
-        p.add_argument("--contact", default=os.environ.get("STRIPREAD_CONTACT"),
-                       help="whom patients contact when quality control locks the reader, shown before they "
-                            "dip a strip (default $STRIPREAD_CONTACT, else 'the technician who looks after this "
-                            "reader')")
-        p.add_argument("--min-free-mb", type=float, help="refuse to start a test with less free space in the "
-                                                         "data folder (default $STRIPREAD_MIN_FREE_MB or 20)")
-        spec_options(p, model=True)
-        db_option(p)
-        display_options(p)
 
+def _service_parsers(sub) -> None:
+    """`run`, `serve` and `user` (the web interface's staff accounts)."""
     run = sub.add_parser("run", help="the reader service: wait for strips, run sessions, store results")
     run.add_argument("--strips", type=int, help="when simulating: stop the simulated patient after this many strips")
     service_options(run, "127.0.0.1:8080")
@@ -629,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_option(user)
     user.set_defaults(func=cmd_user)
 
+
+def _store_parsers(sub) -> None:
+    """`history`, `trend`, `export`, `verify` and `backup`: the result store."""
     history = sub.add_parser("history", help="past results, newest first")
     history.add_argument("--patient", help="only this patient's results")
     history.add_argument("--limit", type=int, default=20)
@@ -664,9 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_option(backup)
     backup.set_defaults(func=cmd_backup)
 
-    from device.cli import technician
-    technician.add_parsers(sub, spec_options, db_option, hardware_options)
 
+def _lab_and_model_parsers(sub) -> None:
+    """`sync` (the lab), `train` (the pad models) and `simulate` (a synthetic photo)."""
     sync = sub.add_parser("sync", help="send stored results to the lab (FHIR and/or HL7 v2 over MLLP)")
     sync.add_argument("--status", action="store_true", help="show pending, failed and sent counts and why "
                                                             "results failed; send nothing")
@@ -694,7 +576,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "too_dark, overexposed, blurred, out_of_gamut")
     spec_options(sim)
     sim.set_defaults(func=cmd_simulate)
-    return parser
 
 
 def _database_errors() -> tuple:

@@ -1,5 +1,5 @@
 """The technicians' commands: `stripread calibrate camera|card|lot|list` and `stripread qc
-run|status|schedule|report`. Each stores an immutable record (calibration.records) whose id every
+run|status|schedule|report`. Each stores an immutable record (device.store.records) whose id every
 later result's provenance names; QC records also decide whether patients may test (calibration.in_force).
 
 The work itself lives in `calibration/` (camera_calibration, card_measurement, lot, qc); this
@@ -12,32 +12,30 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from calibration.in_force import find_control, judge_qc_run, qc_guidance
-from device.cli import commands as cli
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE = cli.EXIT_OK, cli.EXIT_REFUSED, cli.EXIT_USAGE
+from device.cli.options import db_option, hardware_options, spec_options
+from device.cli.terminal import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, progress, prompt
+from device.runtime.wiring import ReaderSetup
 
 
 def calibrate_camera(args) -> int:
     """Photos of the blank card under the reader's LEDs -> flat field, linearity check and the
     camera's locked settings."""
     from calibration.camera_calibration import CameraCalibrationError, measure
-    from calibration.records import Records
+    from device.store.records import Records
     from calibration.specs import load_card, load_product
     from device.reading.reader import device_id
-    from device.runtime.session import Clock
     card = load_card(args.card)
+    setup = ReaderSetup.from_args(args)
     with contextlib.ExitStack() as stack:
-        board, camera, _ = cli._hardware(args, stack, load_product(args.product),
-                                         Clock(args.speed if args.simulate else 1.0))
-        cli._prompt(args, "Put the blank reference card in the tray with no strip in the slot and close the lid")
+        board, camera, _ = setup.hardware(stack, load_product(args.product), setup.clock())
+        prompt(args, "Put the blank reference card in the tray with no strip in the slot and close the lid")
         board.set_leds(255, 255, 255)
         try:
             settings = camera.start()
             photos = []
             for n in range(args.photos):
                 photos.append(camera.capture())
-                cli._progress(n + 1, args.photos)
+                progress(n + 1, args.photos)
         finally:
             board.leds_off()
             camera.stop()
@@ -56,10 +54,10 @@ def calibrate_camera(args) -> int:
 def calibrate_card(args) -> int:
     """A spectrophotometer's measurement of this reader's printed card -> the card it reads with."""
     from calibration.card_measurement import MeasurementError, import_measurements
-    from calibration.records import Records
+    from device.store.records import Records
     from calibration.specs import load_card, load_product
     nominal = load_card(args.card)
-    _, calibration = cli._calibration(args, nominal, load_product())
+    _, calibration = ReaderSetup.from_args(args).calibration(nominal, load_product())
     try:
         text = Path(args.measurements).read_text(encoding="utf-8-sig")
         photos = [Path(p).read_bytes() for p in args.photo]
@@ -85,11 +83,11 @@ def calibrate_lot(args) -> int:
     """Strips of a new lot dipped in calibrators -> the lot's correction, with the agreement it buys."""
     from calibration import lot as lots
     from calibration.observe import StripObserver
-    from calibration.records import Records
+    from device.store.records import Records
     from calibration.specs import load_card, load_product
     from models.onnx_model import OnnxPadModel
     product = load_product(args.product)
-    card, calibration = cli._calibration(args, load_card(args.card), product)
+    card, calibration = ReaderSetup.from_args(args).calibration(load_card(args.card), product)
     try:
         expires = date.fromisoformat(args.expires)
         calibrators = lots.load_calibrators(args.calibrators, product)
@@ -110,7 +108,7 @@ def calibrate_lot(args) -> int:
 
 def calibration_list(args) -> int:
     """The records in force on this reader."""
-    from calibration.records import Records
+    from device.store.records import Records
     from calibration.in_force import qc_status
     with Records(args.db) as records:
         rows = [(kind.replace("_", " "), record) for kind in ("camera", "card", "lot", "qc_schedule")
@@ -131,7 +129,8 @@ def calibration_list(args) -> int:
 
 def qc_run(args) -> int:
     """Read the control strips (photos, or timed sessions on the reader) and judge the run."""
-    from calibration.records import Records
+    from calibration.in_force import find_control, judge_qc_run
+    from device.store.records import Records
     controls = [find_control(name) for name in args.control]
     if args.photo and len(args.photo) != len(controls):
         print("give one --photo per --control, in the same order", file=sys.stderr)
@@ -146,19 +145,21 @@ def qc_run(args) -> int:
 
 
 def _read_photos(args) -> list[dict]:
-    reader = cli._reader(args)
+    reader = ReaderSetup.from_args(args).reader()
     return [reader.read(Path(photo).read_bytes()) for photo in args.photo]
 
 
 def _read_controls_on_the_reader(args, controls) -> list[dict]:
     """One timed session per control strip, exactly as a patient's strip is read."""
-    from device.runtime.session import Clock, ReadingSession
+    from calibration.in_force import qc_guidance
+    from device.runtime.session import ReadingSession
     from device.store.results import ResultStore
-    reader = cli._reader(args)
-    clock = Clock(args.speed if args.simulate else 1.0)
+    setup = ReaderSetup.from_args(args)
+    reader = setup.reader()
+    clock = setup.clock()
     results = []
     with contextlib.ExitStack() as stack:
-        board, camera, rig = cli._hardware(args, stack, reader.product, clock)
+        board, camera, rig = setup.hardware(stack, reader.product, clock)
         store = stack.enter_context(ResultStore(args.db))
         session = ReadingSession(reader, board, camera, store, clock,
                                  on_progress=lambda message: print(f"  {message}", flush=True))
@@ -184,7 +185,7 @@ def _wait_for_empty_tray(board, clock, timeout_s: float = 120.0) -> None:
 
 
 def qc_status_command(args) -> int:
-    from calibration.records import Records
+    from device.store.records import Records
     from calibration.in_force import qc_status
     with Records(args.db) as records:
         status = qc_status(records)
@@ -198,7 +199,8 @@ def qc_status_command(args) -> int:
 
 def qc_schedule(args) -> int:
     """Which controls must pass how often; overdue ones lock patient tests."""
-    from calibration.records import Records
+    from calibration.in_force import find_control
+    from device.store.records import Records
     control_ids = [find_control(name)[0].id for name in args.control]
     with Records(args.db) as records:
         record = records.add("qc_schedule", "reader", {"interval_hours": args.every_hours, "controls": control_ids},
@@ -211,7 +213,7 @@ def qc_report(args) -> int:
     """A Levey-Jennings chart per control (PNG), from every stored run of its current lot."""
     from calibration.qc import levey_jennings_png
     from device.language.i18n import Words
-    from calibration.records import Records
+    from device.store.records import Records
     from calibration.in_force import control_runs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,22 +228,27 @@ def qc_report(args) -> int:
     return EXIT_OK
 
 
-def add_parsers(sub, spec_options, db_option, hardware_options) -> None:
+def add_parsers(sub) -> None:
     """`calibrate ...` and `qc ...` on the main parser."""
     calibrate = sub.add_parser("calibrate", help="technicians: calibrate the camera, the card, a strip lot")
-    calibrate_sub = calibrate.add_subparsers(dest="calibrate_command", required=True)
+    _calibrate_parsers(calibrate.add_subparsers(dest="calibrate_command", required=True))
+    qc = sub.add_parser("qc", help="technicians: quality control with control strips; a failure locks patient tests")
+    _qc_parsers(qc.add_subparsers(dest="qc_command", required=True))
 
-    def technician(p, needs_hardware=False):
-        p.add_argument("--operator", help="the technician's id, kept with the record")
-        db_option(p)
-        if needs_hardware:
-            hardware_options(p)
-            p.add_argument("--yes", action="store_true", help="do not wait for Enter")
 
+def _technician_options(p, needs_hardware: bool = False) -> None:
+    p.add_argument("--operator", help="the technician's id, kept with the record")
+    db_option(p)
+    if needs_hardware:
+        hardware_options(p)
+        p.add_argument("--yes", action="store_true", help="do not wait for Enter")
+
+
+def _calibrate_parsers(calibrate_sub) -> None:
     camera = calibrate_sub.add_parser("camera", help="flat field, linearity and locked exposure from photos of "
                                                      "the blank card under the reader's LEDs")
     camera.add_argument("--photos", type=int, default=5)
-    technician(camera, needs_hardware=True)
+    _technician_options(camera, needs_hardware=True)
     spec_options(camera)
     camera.set_defaults(func=calibrate_camera)
 
@@ -252,7 +259,7 @@ def add_parsers(sub, spec_options, db_option, hardware_options) -> None:
                                                                    "the measurement against (repeatable)")
     card.add_argument("--card", default="card-v1", help="the card as designed (default card-v1)")
     card.add_argument("--out", help="also write the measured card file here")
-    technician(card)
+    _technician_options(card)
     card.set_defaults(func=calibrate_card)
 
     lot = calibrate_sub.add_parser("lot", help="fit a strip lot's correction from strips dipped in calibrators")
@@ -260,7 +267,7 @@ def add_parsers(sub, spec_options, db_option, hardware_options) -> None:
     lot.add_argument("--expires", required=True, help="the bottle's expiry date, YYYY-MM-DD")
     lot.add_argument("--calibrators", required=True, help="CSV: photo,analyte,level[,concentration]; see "
                                                           "calibration/lot.py")
-    technician(lot)
+    _technician_options(lot)
     spec_options(lot)
     lot.set_defaults(func=calibrate_lot)
 
@@ -268,14 +275,14 @@ def add_parsers(sub, spec_options, db_option, hardware_options) -> None:
     db_option(listing)
     listing.set_defaults(func=calibration_list)
 
-    qc = sub.add_parser("qc", help="technicians: quality control with control strips; a failure locks patient tests")
-    qc_sub = qc.add_subparsers(dest="qc_command", required=True)
+
+def _qc_parsers(qc_sub) -> None:
     run = qc_sub.add_parser("run", help="read control strips and judge them (ranges, Westgard rules)")
     run.add_argument("--control", action="append", required=True,
                      help="negative, positive or a control file (repeatable: one strip each)")
     run.add_argument("--photo", action="append", default=[], help="photos of the control strips instead of "
                                                                   "reading them on the reader")
-    technician(run, needs_hardware=True)
+    _technician_options(run, needs_hardware=True)
     spec_options(run, model=True)
     run.set_defaults(func=qc_run)
 
@@ -286,7 +293,7 @@ def add_parsers(sub, spec_options, db_option, hardware_options) -> None:
     schedule = qc_sub.add_parser("schedule", help="require controls to pass every N hours")
     schedule.add_argument("--every-hours", type=float, required=True)
     schedule.add_argument("--control", action="append", required=True)
-    technician(schedule)
+    _technician_options(schedule)
     schedule.set_defaults(func=qc_schedule)
 
     report = qc_sub.add_parser("report", help="Levey-Jennings charts (PNG) of every control")

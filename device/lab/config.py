@@ -1,5 +1,5 @@
 """What the reader knows about the lab: its configuration file, how a lab's answer is classified,
-the TLS context towards it, and how one pad's reading is expressed in a lab message.
+and the TLS context towards it (what a lab message says of a pad: `device.lab.messages`).
 
 The configuration is a TOML file (keys documented in `device/data/lab.example.toml`); it is looked
 for at `--lab-config`, `$STRIPREAD_LAB_CONFIG`, `/etc/stripread/lab.toml`, then
@@ -17,17 +17,12 @@ import os
 import ssl
 import stat
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 SEARCH_PATH = (Path("/etc/stripread/lab.toml"), Path.home() / ".config" / "stripread" / "lab.toml")
-# SNOMED CT qualifier values for the words a chart uses where they have an exact code; other words
-# (small, moderate, large) keep only the product's own code, which is exact for that strip
-SNOMED = {"neg": ("260385009", "Negative"), "trace": ("260405006", "Trace"), "pos": ("10828004", "Positive")}
-LEVEL_SYSTEM = "urn:stripread:level"
 MAX_SECONDS = 86400      # the longest timeout, interval or backoff a configuration may set
-PANEL_LOINC = ("50556-0", "Urinalysis dipstick panel - Urine by Automated test strip")
 
 
 class LabConfigError(Exception):
@@ -348,92 +343,3 @@ def _secret(path: Path | None) -> str:
         return Path(path).read_text(encoding="utf-8").strip()
     except (OSError, TypeError) as exc:
         raise LabRefusedReader(f"cannot read the lab credential file {path}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class PadMessage:
-    """One pad as a lab message states it: a quantity where the chart level is a number, a coded
-    word (negative, trace, small, ..., positive) otherwise, or why there is no value."""
-    analyte: str
-    loinc: str
-    unit: str | None
-    level: str | None
-    value: float | None          # the reader's estimate, for a quantity
-    abnormal: bool
-    absent_reason: str | None    # a flag saying why no level was reported
-    note: str
-    derived_from: tuple[str, ...] = ()   # a derived quantity (the ACR): the pads it is computed from
-    name: str = ""                       # what a person calls it ("Glucose"), from the product file
-
-    @property
-    def quantitative(self) -> bool:
-        return self.level is not None and self.unit is not None and (bool(self.derived_from) or _is_number(self.level))
-
-    @property
-    def snomed(self) -> tuple[str, str] | None:
-        return SNOMED.get(self.level or "")
-
-
-def pad_messages(result: dict) -> list[PadMessage]:
-    """Every pad of a stored reading, in the strip's order, then the quantities derived from them."""
-    names = _names(result.get("product", ""))
-    messages = [_pad_message(entry) for entry in result["analytes"]] + \
-        [_derived_message(entry) for entry in result.get("derived", [])]
-    return [replace(m, name=names.get(m.analyte, m.analyte)) for m in messages]
-
-
-def _names(product_id: str) -> dict[str, str]:
-    """Pad and derived names of a product; its codes stand in when its file is not on this reader."""
-    from calibration.errors import SpecError
-    from calibration.specs import product_of_record
-    try:
-        product = product_of_record(product_id)
-    except SpecError:
-        return {}
-    return {**{p.analyte: p.name for p in product.pads}, **{d["code"]: d.get("name", d["code"]) for d in product.derived}}
-
-
-def _derived_message(entry: dict) -> PadMessage:
-    """A derived ratio (the ACR): its value as a quantity, its category and interval as a note."""
-    sources = tuple(entry["from"])
-    if entry.get("value") is None:
-        return PadMessage(entry["code"], entry["loinc"], entry["unit"], None, None, False, "not_read",
-                          f"No result: {' or '.join(sources)} was not read.", sources)
-    low, high = entry["interval"]
-    note = (f"Category {entry['category']}; interval {_significant(low)}-{_significant(high)} {entry['unit']}"
-            + ("; the interval spans two categories: repeat the test" if "category_uncertain" in entry["flags"] else ""))
-    return PadMessage(entry["code"], entry["loinc"], entry["unit"], entry["category"], float(entry["value"]),
-                      "abnormal" in entry["flags"], None, note + ".", sources)
-
-
-def _pad_message(entry: dict) -> PadMessage:
-    level, flags = entry.get("level"), entry.get("flags", [])
-    value = entry.get("value")
-    if level is None:
-        reason = next((f for f in flags if f != "abnormal"), "not_read")
-        return PadMessage(entry["analyte"], entry["loinc"], entry.get("unit"), None, None, False, reason,
-                          f"No result: {reason.replace('_', ' ')}.")
-    note = f"Chart level {level}"
-    if value is not None and entry.get("unit"):
-        note += f"; reader estimate {_significant(value)} {entry['unit']}"
-        if entry.get("value_interval"):
-            low, high = entry["value_interval"]
-            note += f" (interval {_significant(low)}-{_significant(high)})"
-    note += f"; confidence {entry.get('confidence', 0):.2f}"
-    if "low_confidence" in flags:
-        note += "; low confidence: confirm with a laboratory test"
-    return PadMessage(entry["analyte"], entry["loinc"], entry.get("unit"), level,
-                      None if value is None else float(_significant(value)), "abnormal" in flags, None, note + ".")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _significant(x: float) -> str:
-    """Four significant figures (a specific gravity needs them): what a strip can tell, not float noise."""
-    return f"{float(f'{x:.4g}'):g}"

@@ -33,8 +33,9 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 from pydantic import ValidationError
 
-from device.lab.config import (LEVEL_SYSTEM, PANEL_LOINC, FhirSettings, LabConfig, LabRefusedReader, LabRejected,
-                        LabUnavailable, PadMessage, pad_messages, patient_of, tls_failure)
+from device.lab.config import (FhirSettings, LabConfig, LabRefusedReader, LabRejected, LabUnavailable, patient_of,
+                               tls_failure)
+from device.lab.messages import LEVEL_SYSTEM, PANEL_LOINC, PadMessage, conclusion, pad_messages
 from device.store.results import StoredResult
 
 LOINC, UCUM, SNOMED_SYSTEM = "http://loinc.org", "http://unitsofmeasure.org", "http://snomed.info/sct"
@@ -51,14 +52,15 @@ _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 def transaction(record: StoredResult, config: LabConfig) -> dict:
     """The transaction Bundle for one stored reading, as JSON ready to post."""
-    result, provenance = record.result, record.result["provenance"]
+    reading = record.reading
+    provenance = reading.provenance
     patient = Reference(identifier=Identifier(system=config.patient_system,
                                               value=patient_of(record.patient_id, config)))
     device, device_query = _device(provenance)
     device_ref = _urn("device", record.result_id)
     entries = [_entry(device_ref, device, device_query)]
     observation_refs = []
-    for pad in pad_messages(result):
+    for pad in pad_messages(reading):
         ref = _urn(pad.analyte, record.result_id)
         observation = _observation(pad, ref, patient, Reference(reference=device_ref), provenance, record)
         entries.append(_entry(ref, observation, f"identifier={URI}|{ref}"))
@@ -69,9 +71,9 @@ def transaction(record: StoredResult, config: LabConfig) -> dict:
         status="final",
         category=[CodeableConcept(coding=[Coding(system=SERVICE_SECTION, code="URN", display="Urinalysis")])],
         code=CodeableConcept(coding=[Coding(system=LOINC, code=PANEL_LOINC[0], display=PANEL_LOINC[1])],
-                             text=f"Urine test strip ({result['product']})"),
+                             text=f"Urine test strip ({reading.product_id})"),
         subject=patient, effectiveDateTime=provenance["captured_at"], issued=record.stored_at,
-        result=observation_refs, conclusion=_conclusion(result), extension=_seal(record))
+        result=observation_refs, conclusion=conclusion(reading), extension=_seal(record))
     entries.append(_entry(report_id, report, f"identifier={URI}|{report_id}"))
     return json.loads(Bundle(type="transaction", entry=entries).model_dump_json(exclude_none=True))
 
@@ -171,13 +173,6 @@ def _observation(pad: PadMessage, ref: str, patient: Reference, device: Referenc
         subject=patient, effectiveDateTime=provenance["captured_at"], issued=record.stored_at, device=device,
         method=CodeableConcept(text=f"Camera reflectance reading of a {provenance['product']} strip"),
         note=[Annotation(text=pad.note)], **fields)
-
-
-def _conclusion(result: dict) -> str:
-    abnormal = [f"{a['analyte']} {a['level']}" for a in result["analytes"] if "abnormal" in a.get("flags", [])]
-    missing = [a["analyte"] for a in result["analytes"] if a.get("level") is None]
-    text = "Abnormal: " + ", ".join(abnormal) if abnormal else "No abnormal pad"
-    return text + (f". Not reported: {', '.join(missing)}." if missing else ".")
 
 
 class FhirDestination:

@@ -18,8 +18,8 @@ from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 from hl7apy.v2_5_1 import ST
 
-from device.lab.config import (PANEL_LOINC, Hl7Settings, LabConfig, LabRejected, LabUnavailable, PadMessage,
-                        pad_messages, patient_of, tls_failure)
+from device.lab.config import Hl7Settings, LabConfig, LabRejected, LabUnavailable, patient_of, tls_failure
+from device.lab.messages import PANEL_LOINC, PadMessage, pad_messages
 from device.store.signing import seal_line
 from device.store.results import StoredResult
 
@@ -34,7 +34,7 @@ def control_id(record: StoredResult) -> str:
 
 def oru_message(record: StoredResult, settings: Hl7Settings, config: LabConfig) -> str:
     """The ORU^R01 for one stored reading, in ER7 (segments separated by carriage returns)."""
-    result, provenance = record.result, record.result["provenance"]
+    provenance = record.reading.provenance
     patient = patient_of(record.patient_id, config)
     message, patient_result = _oru(settings, config, provenance["device_id"], record.stored_at, control_id(record),
                                    patient)
@@ -51,7 +51,7 @@ def oru_message(record: StoredResult, settings: Hl7Settings, config: LabConfig) 
     seal = record.seal()
     if seal is not None:             # the lab keeps it: later deletions or rewrites on the device show against it
         order.add_segment("NTE").nte_3 = _escaped(seal_line(seal))
-    for number, pad in enumerate(pad_messages(result), start=1):
+    for number, pad in enumerate(pad_messages(record.reading), start=1):
         _observation(order.add_group("ORU_R01_OBSERVATION"), number, pad, provenance)
     try:
         message.validate()

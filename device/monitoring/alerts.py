@@ -35,12 +35,14 @@ from typing import Callable, ClassVar, Sequence
 from calibration.errors import SpecError
 from calibration.specs import Product, builtin_products, product_of_record
 from device.language.i18n import values_in
+from device.reading.result import PadResult, Reading
+from models.derived import Derived
 
 log = logging.getLogger("stripread.alerts")
 
 SCHEMA = "stripread.alert-rules/1"
 DEFAULT_RULES = Path(str(resources.files("device") / "data" / "alert-rules.toml"))
-SEVERITIES = ("info", "warning", "urgent")           # least to most severe
+SEVERITIES = ("info", "warning", "urgent")           # least to most severe: the one order on the device
 _RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}
 _TEXTS = ("title", "message", "advice")
 
@@ -49,13 +51,18 @@ class AlertRulesError(Exception):
     """The rules file cannot be used; the message names the file, the rule and the key."""
 
 
+def severity_rank(severity: str) -> int:
+    """A severity's place in `SEVERITIES` (0: info): how alerts and patients are ordered for review."""
+    return _RANK[severity]
+
+
 @dataclass(frozen=True)
-class Reading:
+class Taken:
     """One stored reading of a patient: its record number, when the strip was taken (UTC, aware)
-    and its `stripread.read/1` result."""
+    and the reading."""
     seq: int
     taken_at: datetime
-    result: dict
+    reading: Reading
 
 
 @dataclass(frozen=True)
@@ -74,19 +81,19 @@ class Alert:
 
 @dataclass(frozen=True)
 class _Observation:
-    """One analyte (or derived ratio) of one reading, placed on its product's chart."""
+    """One pad (or derived ratio) of one reading, placed on its product's chart."""
     code: str
-    product: Product
-    level: str
+    entry: PadResult | Derived
+    level: str                       # the pad's level, or the ratio's category
     position: float
-    value: float | None
-    unit: str | None
-    confidence: float
+    confidence: float                # a ratio's: that of the least confident pad it is computed from
+    product: Product
 
     def __str__(self) -> str:
-        if self.value is None:
+        value, unit = self.entry.value, self.entry.unit
+        if value is None:
             return f"{self.code} {self.level}"
-        return f"{self.code} {self.level} ({self.value:.4g}{' ' + self.unit if self.unit else ''})"
+        return f"{self.code} {self.level} ({value:.4g}{' ' + unit if unit else ''})"
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ class Condition:
         return f"{self.analyte} {'>' if self.strict else '>='} {self.level}"
 
 
-_Test = tuple[Reading, tuple[_Observation, ...]]
+_Test = tuple[Taken, tuple[_Observation, ...]]
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,7 @@ class Threshold:
         if self.count > self.of_last:
             raise ValueError(f"count ({self.count}) cannot be more than of_last ({self.of_last})")
 
-    def findings(self, readings: list[Reading]) -> dict[str, _Finding]:
+    def findings(self, readings: list[Taken]) -> dict[str, _Finding]:
         codes = [condition.analyte for condition in self.when]
         tests = _recent_tests(readings, codes, self.within_days, self.min_confidence)[-self.of_last:]
         hits = tuple((reading, observations) for reading, observations in tests
@@ -163,7 +170,7 @@ class Trend:
         if self.points < 2:
             raise ValueError("points must be at least 2: a trend needs two tests")
 
-    def findings(self, readings: list[Reading]) -> dict[str, _Finding]:
+    def findings(self, readings: list[Taken]) -> dict[str, _Finding]:
         newest = readings[-1]
         found = {}
         for analyte in self.analytes:
@@ -226,12 +233,12 @@ def load_rules(path: str | Path | None = None) -> list[Rule]:
     return rules
 
 
-def evaluate(rules: Sequence[Rule], history: Sequence[Reading]) -> list[Alert]:
+def evaluate(rules: Sequence[Rule], history: Sequence[Taken]) -> list[Alert]:
     """The alerts the newest reading of a patient's history (oldest first) triggers, most severe
     first; none when the newest reading is not an `ok` one. Refused readings are no tests."""
-    if not history or history[-1].result.get("status") != "ok":
+    if not history or not history[-1].reading.ok:
         return []
-    readings = [reading for reading in history if reading.result.get("status") == "ok"]
+    readings = [taken for taken in history if taken.reading.ok]
     alerts = []
     for rule in rules:
         raised: dict[str, tuple[Step, _Finding]] = {}
@@ -269,7 +276,7 @@ def _evidence_text(evidence: Sequence[_Test]) -> str:
                      + ", ".join(map(str, observations)) for reading, observations in evidence)
 
 
-def _recent_tests(readings: list[Reading], codes: list[str], within_days: float,
+def _recent_tests(readings: list[Taken], codes: list[str], within_days: float,
                   min_confidence: float) -> list[_Test]:
     """The readings within the window that report every code confidently enough, oldest first;
     none unless the newest reading is one of them, since only the newest reading raises alerts."""
@@ -279,30 +286,29 @@ def _recent_tests(readings: list[Reading], codes: list[str], within_days: float,
     for reading in readings:
         if reading.taken_at < since:
             continue
-        observations = tuple(_observe(reading.result, code) for code in codes)
+        observations = tuple(_observe(reading.reading, code) for code in codes)
         if all(o is not None and o.confidence >= min_confidence for o in observations):
             tests.append((reading, observations))
     return tests if tests and tests[-1][0] is newest else []
 
 
-def _observe(result: dict, code: str) -> _Observation | None:
-    """A pad's level in a result, or a derived ratio's category; None when it was not reported."""
-    product = product_of_record(result["product"])
-    analytes = result.get("analytes", [])
-    pad = next((entry for entry in analytes if entry["analyte"] == code), None)
-    if pad is not None:
-        level, value, unit, confidence = pad["level"], pad.get("value"), pad.get("unit"), pad["confidence"]
+def _observe(reading: Reading, code: str) -> _Observation | None:
+    """A pad's level in a reading, or a derived ratio's category; None when it was not reported."""
+    product = reading.product
+    if product is None:
+        raise SpecError(f"product {reading.product_id!r} is not on this reader")
+    entry = reading.pad(code)
+    if entry is not None:
+        level, confidence = entry.level, entry.confidence
     else:
-        ratio = next((entry for entry in result.get("derived", []) if entry["code"] == code), None)
-        if ratio is None:
+        entry = reading.derived_entry(code)
+        if entry is None:
             return None
-        level, value, unit = ratio.get("category"), ratio.get("value"), ratio.get("unit")
-        # a ratio is as trustworthy as the least confident pad it is computed from
-        sources = ratio.get("from") or [entry["analyte"] for entry in analytes]
-        confidence = min(entry["confidence"] for entry in analytes if entry["analyte"] in sources)
+        sources = entry.sources or [p.analyte for p in reading.pads]
+        level, confidence = entry.category, min(p.confidence for p in reading.pads if p.analyte in sources)
     if level is None:
         return None
-    return _Observation(code, product, level, _position(product, code, level), value, unit, confidence)
+    return _Observation(code, entry, level, _position(product, code, level), confidence, product)
 
 
 def _position(product: Product, code: str, level: str) -> float:
@@ -496,8 +502,8 @@ def reading_alerts(rules: Sequence[Rule], history) -> list[Alert]:
     """Every alert the newest of `history` (StoredResults, oldest first) raises, open ones elsewhere
     or not: what the reading itself says, for the store's hook and for the screen that shows it. A
     record the rules cannot read (a product no longer on the reader) raises none, and is logged."""
-    readings = [Reading(r.seq, datetime.fromisoformat(r.result.get("provenance", {}).get("captured_at")
-                                                      or r.stored_at), r.result) for r in history]
+    readings = [Taken(r.seq, r.reading.captured_at or datetime.fromisoformat(r.stored_at), r.reading)
+                for r in history]
     try:
         return evaluate(rules, readings)
     except (SpecError, ValueError) as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-from calibration.errors import SpecError
 from calibration.specs import product_of_record
 from models.derived import Ratio, ratios
 
@@ -20,33 +19,28 @@ def series(records) -> list[dict]:
     order the products list their pads; refused readings and unread pads are left out."""
     found: dict[str, dict] = {}
     for record in records:
-        result = record.result
-        if result.get("status") != "ok":
-            continue
-        try:
-            product = product_of_record(result["product"])
-        except SpecError:
-            continue            # a product file no longer on this reader: its readings cannot be placed
-        for entry in result["analytes"]:
-            pad = product.pad(entry["analyte"])
-            if entry.get("level") is None:
+        reading = record.reading
+        if not reading.ok or reading.product is None:
+            continue            # refused, or a product file no longer on this reader: nothing to place
+        for entry in reading.pads:
+            pad = reading.product.pad(entry.analyte)
+            if entry.level is None:
                 continue
             line = found.setdefault(pad.analyte, {"analyte": pad.analyte, "name": pad.name, "unit": pad.unit,
-                                                  "product": product.id,
+                                                  "product": reading.product.id,
                                                   "levels": [lv.code for lv in pad.levels], "points": []})
-            interval = entry.get("value_interval")
-            line["points"].append(_point(record, entry["level"], entry.get("value"), entry["confidence"],
-                                         "abnormal" in entry.get("flags", []), pad.position(entry["level"], entry.get("value")),
-                                         None if not interval else [pad.value_position(v) for v in interval]))
-        for ratio, entry in zip(ratios(product), result.get("derived", [])):
-            if entry.get("value") is None:
+            interval = None if not entry.interval else [pad.value_position(v) for v in entry.interval]
+            line["points"].append(_point(record, entry.level, entry.value, entry.confidence, entry.abnormal,
+                                         pad.position(entry.level, entry.value), interval))
+        for ratio, entry in zip(ratios(reading.product), reading.derived):
+            if entry.value is None:
                 continue
             line = found.setdefault(ratio.code, {"analyte": ratio.code, "name": ratio.name, "unit": ratio.unit,
                                                  "levels": [_fmt(b) for b in _bounds(ratio)], "points": []})
-            confidence = 0.5 if "category_uncertain" in entry["flags"] else 1.0
-            line["points"].append(_point(record, entry["category"], entry["value"], confidence,
-                                         "abnormal" in entry["flags"], _ratio_position(ratio, entry["value"]),
-                                         [_ratio_position(ratio, v) for v in entry["interval"]]))
+            confidence = 0.5 if "category_uncertain" in entry.flags else 1.0
+            line["points"].append(_point(record, entry.category, entry.value, confidence, "abnormal" in entry.flags,
+                                         _ratio_position(ratio, entry.value),
+                                         [_ratio_position(ratio, v) for v in entry.interval]))
     return list(found.values())
 
 
@@ -90,7 +84,7 @@ def pad_of(line: dict):
 
 
 def _trend_figure(lines: list[dict], path, words) -> None:
-    from device.web.plain import axis_label, plain_name, unit_words
+    from device.language.plain import axis_label, plain_name, unit_words
     from device.language import units
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter

@@ -18,12 +18,12 @@ from calibration.correction import DEFAULT_TERMS
 from calibration.digest import sha256
 from calibration.errors import ReadError
 from calibration.observe import StripObserver
-from calibration.specs import Card, Product
+from calibration.specs import Card, Pad, Product
 from calibration.in_force import ReaderCalibration
-from models.derived import derive, ratios
+from device.reading.result import PadResult, Reading, refused
+from models.derived import ratios
 from models.pads import PadModel, PadReading
 
-SCHEMA = "stripread.read/1"
 PAD_GLARE_FLAG = 0.05        # pads with more highlight than this (but readable) are flagged `glare`
 
 
@@ -53,6 +53,17 @@ def _finite_or_none(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def _pad_result(pad: Pad, reading: PadReading, glare: float, saturated: bool) -> PadResult:
+    """The model's reading of one pad with what the observation saw of it (glare, saturation)."""
+    if glare > PAD_GLARE_FLAG:
+        reading.flags.append("glare")
+    if saturated:
+        reading.flags.append("saturated")
+    _keep_finite(reading)
+    return PadResult(pad.analyte, pad.loinc, reading.level, reading.value, pad.unit, reading.confidence,
+                     tuple(reading.flags), reading.chart_distance_de00, reading.interval)
+
+
 def _keep_finite(reading: PadReading) -> None:
     """A pad whose model output is not a number is not read (never printed as NaN): it is flagged
     and its level withheld, like any pad the reader cannot vouch for."""
@@ -80,12 +91,12 @@ class Reader:
                                        flat_field=self.calibration.flat_field)
 
     def read(self, data: bytes, captured_at: datetime | None = None) -> dict:
-        """The result object for one photo; errors become `status: error` results."""
-        return self.read_with_crops(data, captured_at, crops=False)[0]
+        """The `stripread.read/1` object for one photo; errors become `status: error` results."""
+        return self.take(data, captured_at, crops=False)[0].to_dict()
 
-    def read_with_crops(self, data: bytes, captured_at: datetime | None = None,
-                        crops: bool = True) -> tuple[dict, dict[str, bytes]]:
-        """The result and, for a stored record, a PNG thumbnail of each pad (none on refusal)."""
+    def take(self, data: bytes, captured_at: datetime | None = None,
+             crops: bool = True) -> tuple[Reading, dict[str, bytes]]:
+        """The reading and, for a stored record, a PNG thumbnail of each pad (none on refusal)."""
         provenance = self._provenance(data, captured_at)
         try:
             self._check_lot(datetime.fromisoformat(provenance["captured_at"]).date())
@@ -94,30 +105,11 @@ class Reader:
                 observation = self.calibration.lot.apply(observation)
             readings = self.model.read(observation)
         except ReadError as err:
-            error = {"code": err.code, "message": err.message}
-            if err.reason:
-                error["reason"] = err.reason
-            return {"schema": SCHEMA, "status": "error", "error": error,
-                    "product": self.product.id, "provenance": provenance}, {}
-        analytes = []
-        for pad, reading, glare, saturated in zip(self.product.pads, readings, observation.pad_glare,
-                                                  observation.pad_saturated):
-            if glare > PAD_GLARE_FLAG:
-                reading.flags.append("glare")
-            if saturated:
-                reading.flags.append("saturated")
-            _keep_finite(reading)
-            entry = {"analyte": pad.analyte, "loinc": pad.loinc, "level": reading.level, "value": reading.value,
-                     "unit": pad.unit, "confidence": reading.confidence, "flags": reading.flags,
-                     "chart_distance_de00": reading.chart_distance_de00}
-            if reading.interval is not None:
-                entry["value_interval"] = list(reading.interval)
-            analytes.append(entry)
-        result = {"schema": SCHEMA, "status": "ok", "product": self.product.id, "analytes": analytes,
-                  "qc": {k: _finite_or_none(v) for k, v in observation.qc.items()}, "provenance": provenance}
-        if self.product.derived:
-            result["derived"] = derive(self.product, analytes)
-        return result, observation.crops
+            return refused(err.code, err.message, err.reason, self.product.id, provenance), {}
+        pads = tuple(_pad_result(pad, reading, glare, saturated) for pad, reading, glare, saturated
+                     in zip(self.product.pads, readings, observation.pad_glare, observation.pad_saturated))
+        qc = {k: _finite_or_none(v) for k, v in observation.qc.items()}
+        return Reading("ok", self.product.id, pads, qc, provenance, given_product=self.product), observation.crops
 
     def _check_lot(self, day) -> None:
         """An expired strip lot is refused before anything is read: its dyes are no longer trusted."""

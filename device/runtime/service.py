@@ -125,7 +125,7 @@ class ReaderService:
             return
         self.last_record = record
         log.info("session %s", report.outcome, extra={"fields": {
-            "record": record.seq, "status": record.result.get("status"),
+            "record": record.seq, "status": record.reading.status,
             "patient_identified": record.patient_id is not None, "seconds": round(time.monotonic() - started, 2)}})
         self.on_stored()
 

@@ -19,16 +19,16 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 
 from calibration.in_force import NOT_LOCKED
 from device.runtime.camera import Camera, CameraLost
-from device.reading.reader import SCHEMA, Reader, software_version
+from device.reading.reader import Reader, software_version
+from device.reading.result import PadResult, Reading, refused
 from device.store.results import ResultStore, StoredResult, storage_failure
 from firmware_bridge.host import BoardUnavailable
-from models.derived import derive
 
 LATE_TOLERANCE_S = 10.0        # a capture up to this late still reads its pads as at their read time
 EARLY_MARGIN_S = 0.5
@@ -140,14 +140,15 @@ class ReadingSession:
             outcome = "completed"
         except SessionEnded as ended:
             outcome = ended.outcome
-            result = {"schema": SESSION_SCHEMA, "status": "aborted", "outcome": ended.outcome,
-                      "message": ended.message, "product": self.product.id}
+            result = Reading("aborted", self.product.id, schema=SESSION_SCHEMA,
+                             extra={"outcome": ended.outcome, "message": ended.message})
         finally:
             self._lights_off_and_stop()
-        if "provenance" in result and qc.last_passing_id:
-            result["provenance"]["qc_run_id"] = qc.last_passing_id     # the QC that vouched for this reader
-        result["session"] = {"outcome": outcome, "purpose": purpose, "dipped_at_s": dipped_at, "captures": captures,
-                             "states": self.report.state_log, "software_version": software_version()}
+        if result.provenance and qc.last_passing_id:
+            result = result.with_provenance(qc_run_id=qc.last_passing_id)     # the QC that vouched for this reader
+        result = replace(result, extra={**result.extra, "session": {
+            "outcome": outcome, "purpose": purpose, "dipped_at_s": dipped_at, "captures": captures,
+            "states": self.report.state_log, "software_version": software_version()}})
         self.held.append({"result": result, "patient_id": patient_id, "operator_id": operator_id,
                           "thumbnails": thumbnails, "for_lab": purpose == "patient",
                           "judge": self.judge if purpose == "patient" else None})
@@ -234,11 +235,11 @@ class ReadingSession:
             raise SessionEnded("board_lost", "The reader's controller restarted during the test: repeat the "
                                              "test with a new strip.")
 
-    def _develop_and_read(self, dipped_at: float, captures: list[dict], thumbnails: dict) -> tuple[dict, bytes]:
+    def _develop_and_read(self, dipped_at: float, captures: list[dict], thumbnails: dict) -> tuple[Reading, bytes]:
         """A capture at each read time, each pad read from its own (and pictured from it); the
-        result assembled, and the first photo."""
+        reading assembled (its derived ratios from the pads as assembled), and the first photo."""
         window = self.product.read_window_s
-        readings: dict[str, dict] = {}
+        pads: dict[str, PadResult] = {}
         first_result = first_photo = None
         for read_at in self.read_times:
             self._wait_until(dipped_at + read_at - EARLY_MARGIN_S)
@@ -249,29 +250,25 @@ class ReadingSession:
                 raise SessionEnded("camera_lost", "The camera stopped working during the test: restart the "
                                                   "reader and repeat the test with a new strip.") from exc
             late = taken > read_at + LATE_TOLERANCE_S or taken > window.get("discard_after", float("inf"))
-            result, crops = self.reader.read_with_crops(photo, captured_at=datetime.now(timezone.utc))
+            result, crops = self.reader.take(photo, captured_at=datetime.now(timezone.utc))
             captures.append({"read_at_s": read_at, "taken_at_s": round(taken, 2),
-                             "image_sha256": result["provenance"]["image_sha256"], "status": result["status"]})
+                             "image_sha256": result.provenance["image_sha256"], "status": result.status})
             self.on_progress(f"{taken:5.1f} s: read " + ", ".join(p.analyte for p in self.product.pads
                                                                   if p.read_at_s == read_at)
-                             + ("" if result["status"] == "ok" else f" - refused ({result['error']['code']})"))
+                             + ("" if result.ok else f" - refused ({result.error.code})"))
             first_photo = first_photo or photo
-            if result["status"] != "ok":
+            if not result.ok:
                 return result, first_photo   # the strip cannot be read again later: refuse the session
             first_result = first_result or result
-            for entry in result["analytes"]:
-                if self.product.pad(entry["analyte"]).read_at_s == read_at:
-                    readings[entry["analyte"]] = _outside_window(entry) if late else entry
-                    thumbnails[entry["analyte"]] = crops[entry["analyte"]]
-        analytes = [readings[p.analyte] for p in self.product.pads]
-        if all("outside_read_window" in a["flags"] for a in analytes):
-            return {"schema": SCHEMA, "status": "error",
-                    "error": {"code": "outside_read_window", "message": TOO_LATE_MESSAGE},
-                    "product": self.product.id, "provenance": first_result["provenance"]}, first_photo
-        result = {**first_result, "analytes": analytes}
-        if "derived" in result:             # from the pads as assembled across captures, not the first's
-            result["derived"] = derive(self.product, analytes)
-        return result, first_photo
+            for pad in result.pads:
+                if self.product.pad(pad.analyte).read_at_s == read_at:
+                    pads[pad.analyte] = pad.unreported("outside_read_window") if late else pad
+                    thumbnails[pad.analyte] = crops[pad.analyte]
+        assembled = tuple(pads[p.analyte] for p in self.product.pads)
+        if all("outside_read_window" in p.flags for p in assembled):
+            return refused("outside_read_window", TOO_LATE_MESSAGE, product=self.product.id,
+                           provenance=first_result.provenance), first_photo
+        return replace(first_result, pads=assembled), first_photo
 
     def _wait_until(self, when: float) -> None:
         while True:
@@ -293,8 +290,3 @@ class ReadingSession:
         except CameraLost:
             pass
 
-
-def _outside_window(entry: dict) -> dict:
-    """A pad captured too late: kept for the record, but no level or value is reported."""
-    kept = {k: v for k, v in entry.items() if k != "value_interval"}
-    return {**kept, "level": None, "value": None, "confidence": 0.0, "flags": ["outside_read_window"]}

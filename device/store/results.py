@@ -17,7 +17,6 @@ acknowledged it (`deliveries` keeps each acknowledgement), `failed` when a lab r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,10 +25,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from calibration.records import connect_readonly
 from device.store import signing
+from device.store.database import Database, Transaction, chain_hash, connect_readonly, open_database, open_readonly
+
+if TYPE_CHECKING:        # the store's commands (history, export, verify) never load the image or model stack
+    from device.reading.result import Reading
 
 log = logging.getLogger("stripread.store")
 
@@ -102,6 +106,8 @@ _COLUMNS = "seq, result_id, stored_at, patient_id, operator_id, result_json, has
 
 @dataclass(frozen=True)
 class StoredResult:
+    """One stored record: `result` is its JSON as stored (parsed once), `reading` the same as the
+    `Reading` the rest of the device works with."""
     seq: int
     result_id: str
     stored_at: str
@@ -111,6 +117,11 @@ class StoredResult:
     hash: str
     chain_count: int | None = None      # the signed head at this record (None: stored before signing)
     signature: str | None = None
+
+    @cached_property
+    def reading(self) -> Reading:
+        from device.reading.result import Reading
+        return Reading.from_dict(self.result)
 
     def seal(self) -> dict | None:
         """The chain head signed when this record was stored, for the lab to keep: key id, count,
@@ -135,12 +146,10 @@ class ChainReport:
 
 def _record_hash(prev_hash: str, result_id: str, stored_at: str, patient_id: str | None,
                  operator_id: str | None, status: str, result_json: str) -> str:
-    canonical = json.dumps([prev_hash, result_id, stored_at, patient_id, operator_id, status, result_json],
-                           separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return chain_hash([prev_hash, result_id, stored_at, patient_id, operator_id, status, result_json])
 
 
-class ResultStore:
+class ResultStore(Database):
     """One SQLite file; safe to open from several processes (WAL), one writer at a time. An object
     may be handed to another thread (the service's session thread) but not used by two at once.
     `readonly` opens an existing file without writing anything to it (history, export, verify)."""
@@ -150,40 +159,14 @@ class ResultStore:
         self._key = key                                   # loaded (or created) at the first add
         self._columns = _COLUMNS
         if readonly:
-            self._open_readonly()
+            # the file as it is: no file, an empty one or one without results reads as an empty store
+            self._db = open_readonly(self.path, "results", _SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+            if not present >= set(_SIGNATURE_COLUMNS):     # a store from before signing: read without them
+                self._columns = _COLUMNS.replace("chain_count, signature", "NULL, NULL")
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")       # a committed result survives a power cut
-        self._db.execute("PRAGMA foreign_keys=ON")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            return           # current: no writer lock taken just to open (every web request opens one)
-        with self._transaction():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                self._db.execute(statement)
-            if version == 1:
-                self._db.execute(_MIGRATE_FROM_1)
-            present = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
-            for column, kind in _SIGNATURE_COLUMNS.items():
-                if column not in present:
-                    self._db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def _open_readonly(self) -> None:
-        """The file as it is: a store from before signing reads without its signatures; no file, an
-        empty one or one without results reads as an empty store (nothing is created)."""
-        if self.path.is_file() and self.path.stat().st_size > 0:
-            self._db = connect_readonly(self.path)
-            present = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
-            if present:
-                if not present >= set(_SIGNATURE_COLUMNS):
-                    self._columns = _COLUMNS.replace("chain_count, signature", "NULL, NULL")
-                return
-            self._db.close()
-        self._db = sqlite3.connect(":memory:", check_same_thread=False)
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(self.path, _SCHEMA, SCHEMA_VERSION, {"results": _SIGNATURE_COLUMNS},
+                                 {1: _MIGRATE_FROM_1})
 
     @property
     def key(self) -> signing.DeviceKey:
@@ -191,23 +174,17 @@ class ResultStore:
             self._key = signing.DeviceKey.load(signing.key_path(self.path))
         return self._key
 
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> ResultStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def _transaction(self):
-        return _Transaction(self._db)
+        return Transaction(self._db)
 
-    def add(self, result: dict, patient_id: str | None = None, operator_id: str | None = None,
+    def add(self, result: Reading | dict, patient_id: str | None = None, operator_id: str | None = None,
             thumbnails: dict[str, bytes] | None = None, for_lab: bool = True, judge=None) -> StoredResult:
-        """Store a result with its thumbnails and, when it is a patient's reading (not a refusal, not
-        a QC control strip: `for_lab`), queue it for the lab, atomically; with it, the alerts that
-        `judge(history, open_alerts)` raises on the patient's history ending with this reading."""
+        """Store a reading (or a `stripread.read/1` object as received) with its thumbnails and, when
+        it is a patient's reading (not a refusal, not a QC control strip: `for_lab`), queue it for the
+        lab, atomically; with it, the alerts that `judge(history, open_alerts)` raises on the
+        patient's history ending with this reading (the earlier records read back, this one as given)."""
+        reading = None if isinstance(result, dict) else result
+        result = result if reading is None else reading.to_dict()
         result_id = str(uuid.uuid4())
         stored_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         result_json = json.dumps(result, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
@@ -228,10 +205,12 @@ class ResultStore:
             self._db.executemany("INSERT INTO thumbnails (result_id, analyte, png) VALUES (?, ?, ?)",
                                  [(result_id, a, png) for a, png in (thumbnails or {}).items()])
             stored = StoredResult(seq, result_id, stored_at, patient_id, operator_id, result, digest, count, signature)
+            if reading is not None:
+                vars(stored)["reading"] = reading           # the object itself, not its JSON read back
             if status == "ok" and for_lab:
                 self._db.execute("INSERT INTO outbox (result_id) VALUES (?)", (result_id,))
                 if judge is not None and patient_id is not None:
-                    history = list(reversed(self.history(patient_id, limit=200)))
+                    history = [*reversed(self.history(patient_id, limit=199, before=seq)), stored]
                     for alert in judge(history, self.alerts(patient_id, open_only=True)):
                         self._db.execute(
                             "INSERT INTO alerts (alert_id, result_id, patient_id, rule_id, severity, condition_key,"
@@ -301,14 +280,14 @@ class ResultStore:
         return signing.write_checkpoint(signing.checkpoint_path(destination), row[2], row[0], row[1], signature,
                                         key_id)
 
-    def history(self, patient_id: str | None = None, limit: int | None = None) -> list[StoredResult]:
-        """Newest first; one patient's or everyone's."""
-        query = f"SELECT {self._columns} FROM results"
-        args: tuple = ()
-        if patient_id is not None:
-            query, args = query + " WHERE patient_id = ?", (patient_id,)
+    def history(self, patient_id: str | None = None, limit: int | None = None,
+                before: int | None = None) -> list[StoredResult]:
+        """Newest first; one patient's or everyone's; those stored before record `before`."""
+        clauses = [(c, v) for c, v in (("patient_id = ?", patient_id), ("seq < ?", before)) if v is not None]
+        query = f"SELECT {self._columns} FROM results" + \
+            (" WHERE " + " AND ".join(c for c, _ in clauses) if clauses else "")
         query += " ORDER BY seq DESC" + (f" LIMIT {int(limit)}" if limit else "")
-        return [_stored(r) for r in self._db.execute(query, args)]
+        return [_stored(r) for r in self._db.execute(query, tuple(v for _, v in clauses))]
 
     def get(self, seq: int) -> StoredResult | None:
         row = self._db.execute(f"SELECT {self._columns} FROM results WHERE seq = ?", (seq,)).fetchone()
@@ -411,27 +390,6 @@ class ResultStore:
         """Oldest first, for export."""
         for r in self._db.execute(f"SELECT {self._columns} FROM results ORDER BY seq"):
             yield _stored(r)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: the writer lock is taken up front,
-    so two processes adding results cannot both read the same chain head."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self.db.execute("COMMIT")
-        finally:               # a failed COMMIT (a full disk) must not leave the transaction open
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-        return False
 
 
 @dataclass

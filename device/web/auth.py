@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from device.store.database import Database, open_database
 
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
 SESSION_IDLE = timedelta(hours=8)
@@ -58,25 +59,12 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class Accounts:
+class Accounts(Database):
+    """The staff accounts and their web sessions, in the device's database file."""
+
     def __init__(self, path: Path | str):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        for statement in _SCHEMA.split(";"):
-            self._db.execute(statement)
-        if "role" not in {row[1] for row in self._db.execute("PRAGMA table_info(web_users)")}:
-            # accounts made before roles were all technicians
-            self._db.execute("ALTER TABLE web_users ADD COLUMN role TEXT NOT NULL DEFAULT 'technician'")
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Accounts:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        # accounts made before roles were all technicians: the column is added with that default
+        self._db = open_database(path, _SCHEMA, columns={"web_users": {"role": "TEXT NOT NULL DEFAULT 'technician'"}})
 
     def set_password(self, username: str, password: str, role: str | None = None) -> None:
         """Create the account (a technician unless `role` says otherwise) or change its password and,

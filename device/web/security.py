@@ -32,6 +32,7 @@ SEQ_MAX = 2 ** 63 - 1                  # SQLite's INTEGER range: a larger number
 LIMIT_MAX = 1000
 NAME = r"^[A-Za-z0-9._-]{1,64}$"      # analyte codes, control ids
 USERNAME_MAX, PASSWORD_MAX = 64, 1024
+NOTE_MAX = 500                        # what a nurse writes when closing an alert
 MAX_BODY = 64 * 1024                  # every form of the interface is well under 1 kB
 
 # Headers on every response. The pages load only their own stylesheet, scripts and images; no

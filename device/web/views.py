@@ -17,7 +17,7 @@ from calibration.specs import product_of_record
 from device.monitoring.alerts import in_words, reading_alerts
 from device.language.i18n import N_, Words
 from device.language import units
-from device.web.plain import level_words, next_steps, outcome_words, plain_name, reference_range, value_text
+from device.language.plain import level_words, next_steps, outcome_words, plain_name, reference_range, value_text
 
 FLAG_WORDS = {"low_confidence": N_("less certain: confirm with a laboratory test"),
               "out_of_gamut": N_("colour not on the chart"), "outside_read_window": N_("read too late"),

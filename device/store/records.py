@@ -5,18 +5,17 @@ A record's id is its kind and the first 12 hex digits of the SHA-256 of its cont
 subject, time, operator, payload) and of the id before it, so the id a result's provenance names
 pins exactly what calibrated it, two identical runs in one millisecond still differ, and an edited
 or removed record breaks the chain (`verify`). They live in the
-device's database file beside the results (their own table), so one backup holds both.
+device's database file beside the results (their own table, opened by `device.store.database`), so
+one backup holds both. `calibration.in_force` reads them through its `RecordSource` protocol.
 """
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from calibration.digest import sha256
+from device.store.database import Database, Transaction, chain_hash, open_database, open_readonly
 
 KINDS = ("camera", "card", "lot", "qc", "qc_schedule")
 _SCHEMA = """
@@ -44,69 +43,29 @@ class Record:
 
 
 def _record_id(previous: str, kind: str, subject: str, created_at: str, operator: str | None, payload_json: str) -> str:
-    canonical = json.dumps([previous, kind, subject, created_at, operator, payload_json], separators=(",", ":"))
-    return f"{kind.replace('_', '-')}-{sha256(canonical.encode()).hexdigest()[:12]}"
+    digest = chain_hash([previous, kind, subject, created_at, operator, payload_json], ascii_only=True)
+    return f"{kind.replace('_', '-')}-{digest[:12]}"
 
 
-def connect_readonly(path: Path) -> sqlite3.Connection:
-    """A connection that cannot write to the file (the result store's read-only ones too). A WAL
-    database on a read-only medium whose shared-memory file is gone can only be opened as immutable
-    (nobody can be writing it)."""
-    if not path.exists():
-        raise sqlite3.OperationalError(f"no database at {path}")
-    uri = f"file:{path.resolve()}?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
-        db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
-        return db
-    except sqlite3.OperationalError:
-        if os.access(path.parent, os.W_OK):
-            raise
-    return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
-
-
-class Records:
+class Records(Database):
     """The calibration records in one SQLite file (WAL, durable commits)."""
 
     def __init__(self, path: Path | str, readonly: bool = False):
-        if readonly:        # reading a photo must work on a read-only data folder; nothing is written
-            self._db = connect_readonly(Path(path))
-            if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'calibration_records'").fetchone():
-                return
-            self._db.close()
-            path = ":memory:"                           # no records in the file: none to read
-        else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        for statement in _SCHEMA.split(";"):
-            self._db.execute(statement)
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Records:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        # reading a photo must work on a read-only data folder: nothing is written (no records: none read)
+        self._db = (open_readonly(path, "calibration_records", _SCHEMA, missing_ok=False) if readonly
+                    else open_database(path, _SCHEMA))
 
     def add(self, kind: str, subject: str, payload: dict, operator: str | None = None) -> Record:
         if kind not in KINDS:
             raise ValueError(f"unknown record kind {kind!r}")
         created_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         payload_json = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        self._db.execute("BEGIN IMMEDIATE")          # the chain's head, read and extended by one writer
-        try:
+        with Transaction(self._db):                   # the chain's head, read and extended by one writer
             row = self._db.execute("SELECT id FROM calibration_records ORDER BY seq DESC LIMIT 1").fetchone()
             record_id = _record_id(row[0] if row else "", kind, subject, created_at, operator, payload_json)
             self._db.execute("INSERT INTO calibration_records (id, kind, subject, created_at, operator, payload)"
-                             " VALUES (?, ?, ?, ?, ?, ?)", (record_id, kind, subject, created_at, operator, payload_json))
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+                             " VALUES (?, ?, ?, ?, ?, ?)",
+                             (record_id, kind, subject, created_at, operator, payload_json))
         return Record(record_id, kind, subject, created_at, operator, payload)
 
     def latest(self, kind: str, subject: str | None = None) -> Record | None:

@@ -1,13 +1,16 @@
 """The built-in simulated reader: the simulated board (firmware on a pseudo-terminal, reached over
 a real serial link), the simulated camera, and a patient who dips and inserts strips. Used by
-`stripread demo`, `stripread run --simulate` and the session benchmark."""
+`stripread demo`, `stripread run --simulate` (through device/runtime/wiring.py) and the session
+benchmark."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 
-from device.runtime.camera import SimulatedCamera
 from device.runtime.session import Clock, State
+from firmware_bridge.simulator import SimulatedBoard
+from simulator.camera import SimulatedCamera
 
 
 # the simulated reader's LEDs light the card unevenly, as a ring of LEDs does: a camera
@@ -15,9 +18,11 @@ from device.runtime.session import Clock, State
 LED_HOTSPOTS = 0.08
 
 
-class SimulatedRig:
+class SimulatedRig(contextlib.AbstractContextManager):
+    """The simulated reader's board and camera on one seed (one physical device), and the hands that
+    dip strips and put them in its tray; a context manager that closes the board's pseudo-terminal."""
+
     def __init__(self, product, clock: Clock, seed: int = 0, led_hotspots: float = LED_HOTSPOTS):
-        from firmware_bridge.simulator import SimulatedBoard
         self.clock = clock
         self.board_sim = SimulatedBoard(seed=seed)
         self.camera = SimulatedCamera(product, clock, seed=seed, led_hotspots=led_hotspots)
@@ -64,9 +69,6 @@ class SimulatedRig:
 
     def close(self) -> None:
         self.board_sim.close()
-
-    def __enter__(self) -> SimulatedRig:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.close()

@@ -7,7 +7,7 @@ import unicodedata
 
 from device.language.i18n import N_, Words
 from device.web import views
-from device.web.plain import outcome_words
+from device.language.plain import outcome_words
 
 # device.runtime.session's progress lines (on_progress), as templates: the longer of two overlapping first
 SESSION_LINES = (N_("waiting for the strip"), N_("strip in: developing, reads at {times} s"),
