@@ -36,3 +36,27 @@ def test_an_upward_import_breaks_the_contracts_naming_it(tmp_path):
     run = _lint(tmp_path)
     assert run.returncode != 0
     assert "device.store.upward -> device.cli.commands" in run.stdout, run.stdout
+
+
+MAX_FUNCTION_LINES = 60     # issue #17: a function in device/ fits on a screen
+
+
+def _long_functions(folder: Path) -> list[str]:
+    """`path:line name (n lines)` of every function under `folder` longer than MAX_FUNCTION_LINES."""
+    import ast
+    found = []
+    for source in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{source.relative_to(folder).as_posix()}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_in_device_is_longer_than_a_screen(tmp_path):
+    assert _long_functions(ROOT / "device") == []
+    long = tmp_path / "device" / "long.py"       # and the check sees one that is
+    long.parent.mkdir()
+    long.write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    assert _long_functions(long.parent) == [f"long.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
