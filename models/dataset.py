@@ -26,7 +26,7 @@ import numpy as np
 
 from calibration.errors import ReadError
 from calibration.observe import StripObservation, StripObserver
-from calibration.specs import Card, Product, load_card, load_product
+from calibration.specs import Card, Pad, Product, load_card, load_product
 from models.features import strip_features
 
 TRAIN_RESOLUTIONS = ((1456, 1088), (2028, 1520))
@@ -82,6 +82,17 @@ class SceneRow:
     out_of_gamut: tuple = ()
 
 
+# the domains a scene belongs to, each value held out in turn to see how a model does on what it
+# never saw: light family, camera label, reagent-dye model and card-ink model
+DOMAINS = {"light": lambda r: r.light_family, "camera": lambda r: r.camera,
+           "dye": lambda r: r.reflectance.split("/")[0], "ink": lambda r: r.reflectance.split("/")[1]}
+
+
+def true_level(pad: Pad, position: float) -> int:
+    """The level a reading is judged against: the chart level nearest the true concentration."""
+    return int(np.floor(np.clip(position, 0, len(pad.levels) - 1) + 0.5))
+
+
 def observe_world_scene(job: tuple) -> SceneRow:
     """Render one seeded scene drawn from the whole simulated world (`simulator.world`) and observe
     it as `stripread read` does. `job`: (product, card, seed, fault, light families, camera labels,
@@ -119,13 +130,13 @@ def _observer(card: Card, product: Product) -> StripObserver:
     return StripObserver(card, product)
 
 
-def synthetic(product_ref: str, card_ref: str, count: int, seed: int, jobs: int = 1,
-              progress: Callable[[int, int], None] | None = None, photos: Path | None = None) -> TrainingSet:
-    """`count` rendered scenes of the product drawn from the whole simulated world (the photos kept
-    in and reused from `photos`, if given)."""
-    rows = world_rows(str(product_ref), str(card_ref), training_seeds(seed, count), jobs=jobs, progress=progress,
+def synthetic_rows(product_ref: str, card_ref: str, count: int, seed: int, jobs: int = 1,
+                   progress: Callable[[int, int], None] | None = None, photos: Path | None = None) -> list[SceneRow]:
+    """`count` observed scenes of the product drawn from the whole simulated world (the photos kept
+    in and reused from `photos`, if given): `from_rows` makes them a training set, and their domains
+    choose the model's margin (`models.train.choose_margin`)."""
+    return world_rows(str(product_ref), str(card_ref), training_seeds(seed, count), jobs=jobs, progress=progress,
                       photos=photos)
-    return from_rows(load_product(product_ref), rows)
 
 
 def from_rows(product: Product, rows: Iterable[SceneRow]) -> TrainingSet:

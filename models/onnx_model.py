@@ -21,7 +21,8 @@ from models.ort_session import open_session
 from models.pads import OUT_OF_GAMUT_DE00, PadReading, chart_positions, interpret, out_of_gamut, value_at
 
 MODEL_VERSION = "pads/2"
-MODEL_MARGIN = 0.5           # probability by which the model must prefer a neighbour to the nearest colour
+DEFAULT_MARGIN = 0.5         # the margin of a file without one (trained before it was chosen per model)
+NEAREST_ONLY = 1.01          # a margin no probability difference reaches: the nearest colour's levels
 DIFFICULTY_OFFSET = 0.5      # a photo's difficulty: card residual (dE00) + this; scales value intervals
 META = "stripread."          # prefix of this project's keys in the file's metadata_props
 REFERENCE_TOLERANCE = 1e-4   # float32 inference against scikit-learn's float64
@@ -58,6 +59,7 @@ class OnnxPadModel:
             self.version = f"{meta['model_version']}+{meta['training_data_sha256'][:12]}"
             self.classes = parsed["classes"]
             self.interval_scale = parsed["interval_scale"]
+            self.margin = parsed["model_margin"]
             self.outputs = [o.name for o in session.get_outputs()]
             self._self_test(parsed["sklearn_reference"])
 
@@ -79,8 +81,11 @@ class OnnxPadModel:
         try:
             parsed = {key: json.loads(meta[key])
                       for key in ("features", "classes", "interval_scale", "sklearn_reference")}
+            parsed["model_margin"] = float(meta.get("model_margin", DEFAULT_MARGIN))
         except (KeyError, ValueError):
             raise _refuse(f"{self.path}: metadata incomplete") from None
+        if not 0.0 <= parsed["model_margin"] <= NEAREST_ONLY:
+            raise _refuse(f"{self.path}: model margin {parsed['model_margin']} outside 0..{NEAREST_ONLY}")
         inputs = {i.name for i in self.session.get_inputs()}
         for pad in self.product.pads:
             if parsed["features"].get(pad.analyte) != feature_names(pad) or pad.analyte not in inputs:
@@ -105,7 +110,7 @@ class OnnxPadModel:
         feeds = {pad.analyte: row[None, :] for pad, row in zip(self.product.pads, features)}
         results = dict(zip(self.outputs, self.session.run(None, feeds)))
         probabilities = {pad.analyte: results[f"{pad.analyte}_c_probabilities"][0] for pad in self.product.pads}
-        readings = level_readings(self.product, charts, probabilities, self.classes)
+        readings = level_readings(self.product, charts, probabilities, self.classes, self.margin)
         difficulty = observation.residual_de00 + DIFFICULTY_OFFSET
         for pad, reading in zip(self.product.pads, readings):
             position = results.get(f"{pad.analyte}_r_variable")
@@ -121,12 +126,15 @@ class OnnxPadModel:
         return readings
 
 
-def level_readings(product: Product, charts: list, probabilities: dict, classes: dict) -> list[PadReading]:
+def level_readings(product: Product, charts: list, probabilities: dict, classes: dict,
+                   margin: float) -> list[PadReading]:
     """Each pad's level from its classifier's probabilities (columns `classes[analyte]` of the
     chart's levels). The model refines the level within one step of the nearest chart colour, never
     beyond (far from its training data it could otherwise be confidently wrong by several levels),
-    and only where it is clearly surer than of the nearest colour: what it learned of one dye's
-    metamerism against the card's inks must not outvote the colour under dyes it never saw."""
+    and only where it prefers that neighbour to the nearest colour by at least `margin` probability:
+    what it learned of one dye's metamerism against the card's inks must not outvote the colour
+    under dyes it never saw. The margin is chosen per model from its own training photos
+    (`models.train.choose_margin`); at `NEAREST_ONLY` the levels are nearest colour's."""
     readings = []
     for pad, chart in zip(product.pads, charts):
         if chart.gap > OUT_OF_GAMUT_DE00:
@@ -136,7 +144,7 @@ def level_readings(product: Product, charts: list, probabilities: dict, classes:
         p[classes[pad.analyte]] = probabilities[pad.analyte]
         near = np.abs(np.arange(len(pad.levels)) - chart.nearest) <= 1
         level = int(np.argmax(np.where(near, p, -1.0)))
-        if p[level] - p[chart.nearest] < MODEL_MARGIN:
+        if p[level] - p[chart.nearest] < margin:
             level = chart.nearest
         readings.append(interpret(pad, PadReading(pad.analyte, pad.levels[level].code, None,
                                                   round(float(p[level]), 3), [], round(chart.gap, 2))))

@@ -9,6 +9,10 @@ interval's half-width is the 90th percentile of that ratio times the new photo's
 covers about 90 % of pads like those it was measured on without assuming a distribution, and
 widens by itself under light the colour correction handles less well.
 
+How far the classifier may overrule the nearest chart colour (`model_margin`) is chosen from the
+training scenes themselves by leaving out one light family, camera, dye or ink model at a time
+(`choose_margin`): a property of each trained model, never of the test photos.
+
 Every analyte's models sit in one ONNX graph with one input and outputs per analyte, so a strip is
 one `InferenceSession.run`. The file carries what it was made for and from (`metadata_props`),
 which `models.onnx_model` checks before using it.
@@ -16,6 +20,7 @@ which `models.onnx_model` checks before using it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,15 +34,21 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from models.dataset import TrainingSet
-from models.features import feature_names
-from models.onnx_model import DIFFICULTY_OFFSET, META, MODEL_VERSION
+from calibration.observe import StripObservation
+from calibration.specs import Product
+from models.dataset import DOMAINS, SceneRow, TrainingSet, from_rows, true_level
+from models.features import feature_names, strip_features
+from models.onnx_model import DEFAULT_MARGIN, DIFFICULTY_OFFSET, META, MODEL_VERSION, NEAREST_ONLY, level_readings
+from models.pads import chart_positions
 
 REFERENCE_ROWS = 12          # training rows per analyte whose scikit-learn outputs the file carries
 INTERVAL_COVERAGE = 0.9
 CALIBRATION_SHARE = 0.2
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 RESIDUAL_FEATURE = -1        # the card's held-out residual is the last feature of every pad
+MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, NEAREST_ONLY)   # candidates, smallest first
+MARGIN_TOLERANCE = 0.002     # how far below nearest colour a held-out domain may be read: one pad in 500
+MIN_DOMAIN_PHOTOS = 20       # a held-out domain with fewer training photos is too small to judge on
 
 
 @dataclass
@@ -78,6 +89,94 @@ def train(data: TrainingSet, seed: int = 0) -> dict[str, AnalyteModel]:
     return models
 
 
+class SklearnPads:
+    """The level classifiers `train` fits, run in scikit-learn (the ONNX export reproduces them to
+    1e-4, checked on every load), so validating on held-out domains needs no export."""
+
+    name = "sklearn"
+    version = "sklearn"
+
+    def __init__(self, product: Product, rows: Iterable[SceneRow], margin: float = DEFAULT_MARGIN, seed: int = 0):
+        data = from_rows(product, rows)
+        self.product, self.margin = product, margin
+        self.models = {pad.analyte: fit_analyte(*data.arrays(pad.analyte), False, seed) for pad in product.pads}
+        self.classes = {a: m.classes for a, m in self.models.items()}
+
+    def probabilities(self, observations: list[StripObservation]) -> tuple[list, list[dict]]:
+        """Each observation's chart positions and per-analyte probabilities (one batch per analyte)."""
+        charts = [chart_positions(self.product.pads, o.pad_lab) for o in observations]
+        features = [strip_features(o, c) for o, c in zip(observations, charts)]
+        columns = {pad.analyte: self.models[pad.analyte].classifier.predict_proba(np.array([f[i] for f in features]))
+                   for i, pad in enumerate(self.product.pads)}
+        return charts, [{a: p[k] for a, p in columns.items()} for k in range(len(observations))]
+
+    def read(self, observation: StripObservation) -> list:
+        charts, probabilities = self.probabilities([observation])
+        return level_readings(self.product, charts[0], probabilities[0], self.classes, self.margin)
+
+
+def choose_margin(product: Product, rows: Iterable[SceneRow], seed: int = 0) -> tuple[float, dict]:
+    """The rule: the smallest of `MARGINS` at which no held-out domain is read worse than by nearest
+    colour by more than `MARGIN_TOLERANCE` (exact, on the pads read). Each light family, camera,
+    dye model and ink model with at least `MIN_DOMAIN_PHOTOS` of the training photos is held out in
+    turn (when the others are as many): the classifiers are fitted on the other photos and read it
+    at every candidate margin. `NEAREST_ONLY` always passes (its levels are nearest colour's, the
+    model then only gives the confidence). Without a domain that large (real captures carry none):
+    `DEFAULT_MARGIN`.
+    Returns the margin and the table {'<kind>=<value>': {'photos', 'pads', <margin>: exact}}."""
+    rows = list(rows)
+    table = {}
+    for kind, of in DOMAINS.items():
+        for held in sorted({of(r) for r in rows}):
+            inside = [r for r in rows if of(r) == held]
+            if min(len(inside), len(rows) - len(inside)) < MIN_DOMAIN_PHOTOS or \
+                    all(r.observation is None for r in inside):
+                continue   # too few photos to judge on, or to fit on without them
+            model = SklearnPads(product, [r for r in rows if of(r) != held], seed=seed)
+            table[f"{kind}={held}"] = {"photos": len(inside), **_exact_by_margin(model, inside)}
+    if not table:
+        return DEFAULT_MARGIN, table
+    margin = next(m for m in MARGINS
+                  if all(round(e[m] - e[NEAREST_ONLY], 9) >= -MARGIN_TOLERANCE for e in table.values()))
+    return margin, table
+
+
+def _exact_by_margin(model: SklearnPads, rows: list[SceneRow]) -> dict:
+    """The share of read pads at their true level, at every candidate margin, and the pads read
+    (the same at every margin: whether a pad is read at all does not depend on it)."""
+    observed = [r for r in rows if r.observation is not None]
+    charts, probabilities = model.probabilities([r.observation for r in observed])
+    truth = [{pad.analyte: pad.levels[true_level(pad, r.positions[pad.analyte])].code
+              for pad in model.product.pads if r.positions.get(pad.analyte) is not None} for r in observed]
+    result = {}
+    for margin in MARGINS:
+        marks = [reading.level == t[reading.analyte]
+                 for c, p, t in zip(charts, probabilities, truth)
+                 for reading in level_readings(model.product, c, p, model.classes, margin)
+                 if reading.analyte in t and reading.level is not None]
+        result[margin] = sum(marks) / max(len(marks), 1)
+    return {"pads": len(marks), **result}
+
+
+def format_margin_table(margin: float, table: dict) -> str:
+    """The table as text: each held-out domain's exact rate with nearest colour and, per candidate
+    margin, the model's minus it."""
+    head = f"{'held out':34} {'photos':>6} {'nearest':>7} " + " ".join(f"{m:>6.2f}" for m in MARGINS[:-1])
+    lines = [head]
+    for held, e in table.items():
+        lines.append(f"{held:34} {e['photos']:6d} {e[NEAREST_ONLY]:7.3f} "
+                     + " ".join(f"{e[m] - e[NEAREST_ONLY]:+6.3f}" for m in MARGINS[:-1]))
+    if table:
+        lines.append(f"{'worst':50}" + " ".join(f"{min(e[m] - e[NEAREST_ONLY] for e in table.values()):+6.3f}"
+                                                for m in MARGINS[:-1]))
+    lines.append(f"model margin {margin}: " + (
+        f"the smallest at which no held-out domain is read worse than by nearest colour by more than "
+        f"{MARGIN_TOLERANCE} ({NEAREST_ONLY}: levels always nearest colour's)" if table else
+        f"the default: no light, camera, dye or ink domain of rendered scenes with {MIN_DOMAIN_PHOTOS} "
+        f"photos to hold out (real captures carry none)"))
+    return "\n".join(lines)
+
+
 def _analyte_graph(analyte: str, model: AnalyteModel, width: int) -> onnx.ModelProto:
     """The analyte's classifier (and regressor) as one model with input `<analyte>`."""
     sample = np.zeros((1, width), np.float32)
@@ -108,8 +207,10 @@ def reference_outputs(models: dict[str, AnalyteModel], data: TrainingSet) -> dic
     return reference
 
 
-def export(models: dict[str, AnalyteModel], data: TrainingSet, path: Path) -> Path:
-    """Write all analytes' models to one ONNX file with the metadata the loader checks."""
+def export(models: dict[str, AnalyteModel], data: TrainingSet, path: Path, margin: float = DEFAULT_MARGIN,
+           margin_table: dict | None = None) -> Path:
+    """Write all analytes' models to one ONNX file with the metadata the loader checks, the margin
+    the model reads with (`choose_margin`) and the table it was chosen from."""
     product = data.product
     graphs = [_analyte_graph(p.analyte, models[p.analyte], len(feature_names(p))) for p in product.pads]
     merged = graphs[0]
@@ -127,6 +228,9 @@ def export(models: dict[str, AnalyteModel], data: TrainingSet, path: Path) -> Pa
         "classes": json.dumps({a: m.classes for a, m in models.items()}),
         "interval_scale": json.dumps({a: m.interval_scale for a, m in models.items()}),
         "interval_coverage": str(INTERVAL_COVERAGE),
+        "model_margin": str(margin),
+        "model_margin_table": json.dumps({held: {str(k): v for k, v in e.items()}
+                                          for held, e in (margin_table or {}).items()}),
         "sklearn_reference": json.dumps(reference_outputs(models, data)),
     }
     for key, value in meta.items():

@@ -70,7 +70,9 @@ def test_acr_strips_across_their_charts_read_with_the_right_category(acr_product
             strips += 1
             pads_exact += sum(e["level"] == truth.pads[e["analyte"]].level for e in result["analytes"])
             true_ratio = ratio.factor * albumin.levels[a].value / creatinine.levels[c].value
-            categories += result["derived"][0]["category"] == ratio.category(true_ratio)
+            # a ratio on a category's boundary (150 / 50 mg: 300 mg/g) is rightly read on either side
+            either = {ratio.category(true_ratio * f) for f in (0.99, 1.0, 1.01)}
+            categories += result["derived"][0]["category"] in either
     assert pads_exact >= 0.9 * 2 * strips
     assert categories >= 0.9 * strips
 

@@ -12,15 +12,19 @@ from calibration.specs import builtin_products, load_card, load_product
 from device.cli.commands import main
 from device.reading.reader import Reader
 from models import dataset, train
-from models.onnx_model import MODEL_VERSION, OnnxPadModel, default_model_path
+from models.onnx_model import DEFAULT_MARGIN, MODEL_VERSION, NEAREST_ONLY, OnnxPadModel, default_model_path
 from simulator import scene
 
 TINY = 40   # scenes: enough for every pad to see several levels, quick enough for a test
 
 
+def _synthetic(product_id: str, count: int, seed: int, jobs: int) -> dataset.TrainingSet:
+    return dataset.from_rows(load_product(product_id), dataset.synthetic_rows(product_id, "card-v1", count, seed, jobs))
+
+
 @pytest.fixture(scope="module")
 def tiny_set():
-    return dataset.synthetic("generic-10", "card-v1", TINY, seed=5, jobs=2)
+    return _synthetic("generic-10", TINY, seed=5, jobs=2)
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +97,10 @@ def test_training_is_deterministic(tiny_set):
 
 
 def test_same_seed_same_training_data():
-    first = dataset.synthetic("acr-2", "card-v1", 6, seed=9, jobs=2)
-    again = dataset.synthetic("acr-2", "card-v1", 6, seed=9, jobs=1)
+    first = _synthetic("acr-2", 6, seed=9, jobs=2)
+    again = _synthetic("acr-2", 6, seed=9, jobs=1)
     assert first.digest() == again.digest()
-    assert first.digest() != dataset.synthetic("acr-2", "card-v1", 6, seed=10, jobs=2).digest()
+    assert first.digest() != _synthetic("acr-2", 6, seed=10, jobs=2).digest()
 
 
 def _refused(product, path) -> ReadError:
@@ -158,8 +162,11 @@ def test_cli_read_with_a_corrupt_model_refuses_with_model_error(tmp_path, capsys
 def test_cli_train_on_a_tiny_set(tmp_path, capsys):
     out = tmp_path / "acr.onnx"
     assert main(["train", "--product", "acr-2", "--synthetic", "8", "--jobs", "1", "--out", str(out)]) == 0
-    report = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
     assert report["photos"] == 8 and len(report["training_data_sha256"]) == 64
+    # eight scenes hold no domain of 20 photos to leave out: the default margin, said so
+    assert report["model_margin"] == DEFAULT_MARGIN and "the default" in printed.err
     assert OnnxPadModel(load_product("acr-2"), out).version.endswith(report["training_data_sha256"][:12])
 
 
@@ -236,3 +243,70 @@ def test_value_interval_widens_when_the_colour_correction_was_harder(product, ti
     width = lambda r: r.interval[1] - r.interval[0]   # noqa: E731
     assert easy["GLU"].interval[0] <= easy["GLU"].value <= easy["GLU"].interval[1]
     assert width(hard["GLU"]) > width(easy["GLU"])
+
+
+def _scene_rows(product, shift_by_light: dict, per_light: int = 24) -> list:
+    """Strips whose pads sit 30 % of the way from a level's chart colour to the next, so nearest
+    colour reads that level; under each light the true level is that level plus its shift (a dye
+    that reads darker than its colour under that light). One camera, dye and ink: never held out."""
+    from calibration.colour import hex_to_lab_d50
+    from calibration.observe import StripObservation
+    rng = np.random.default_rng(3)
+    base = hex_to_lab_d50(product.strip_base_srgb)
+    rows = []
+    for light, shift in shift_by_light.items():
+        for i in range(per_light):
+            ks = [int(rng.integers(0, len(pad.levels) - 1)) for pad in product.pads]
+            lab = np.array([pad.level_lab[k] + 0.3 * (pad.level_lab[k + 1] - pad.level_lab[k]) + rng.normal(0, 0.2, 3)
+                            for pad, k in zip(product.pads, ks)])
+            observation = StripObservation(product, lab, base, 1.0, np.zeros(len(product.pads)))
+            positions = {pad.analyte: float(k + shift) for pad, k in zip(product.pads, ks)}
+            rows.append(dataset.SceneRow(i, product.id, light, "cam", "bands/cmyk", None, None, observation, None,
+                                         positions, {}))
+    return rows
+
+
+def test_margin_rule_keeps_nearest_colour_when_a_held_out_domain_is_hurt(acr_product):
+    # under light c the dye reads as its colour; trained on a and b alone, the model confidently
+    # moves every pad up a level, which is wrong under c at any margin the model can reach
+    margin, table = train.choose_margin(acr_product, _scene_rows(acr_product, {"a": 1, "b": 1, "c": 0}))
+    assert set(table) == {"light=a", "light=b", "light=c"}          # one camera/dye/ink: nothing to hold out
+    assert table["light=c"][NEAREST_ONLY] > 0.9 and table["light=c"][0.9] < table["light=c"][NEAREST_ONLY] - 0.5
+    assert margin == NEAREST_ONLY
+
+
+def test_margin_rule_takes_the_smallest_margin_when_no_held_out_domain_is_hurt(acr_product):
+    margin, table = train.choose_margin(acr_product, _scene_rows(acr_product, {"a": 1, "b": 1, "c": 1}))
+    assert all(e[0.0] > e[NEAREST_ONLY] + 0.5 for e in table.values())   # the model beats the colour everywhere
+    assert margin == 0.0
+    assert "model margin 0.0: the smallest" in train.format_margin_table(margin, table)
+
+
+def _delete(path: Path, out: Path, key: str) -> Path:
+    model = onnx.load(str(path))
+    kept = [m for m in model.metadata_props if m.key != "stripread." + key]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    out.write_bytes(model.SerializeToString())
+    return out
+
+
+def test_the_files_margin_is_the_one_the_model_reads_with(tmp_path, product, tiny_set, tiny_models, tiny_file):
+    """Trained model -> file with its margin -> OnnxPadModel reads with that margin; a file from
+    before margins were chosen reads with the default; a margin out of range is refused."""
+    table = {"light=x": {"photos": 20, "pads": 200, **{m: 0.9 for m in train.MARGINS}}}
+    files = {m: train.export(tiny_models, tiny_set, tmp_path / f"{m}.onnx", m, table) for m in (0.8, NEAREST_ONLY)}
+    meta = {m.key: m.value for m in onnx.load(str(files[0.8])).metadata_props}
+    assert json.loads(meta["stripread.model_margin_table"])["light=x"]["0.8"] == 0.9
+    glu = product.pad("GLU")
+    below_top = len(glu.levels) - 2        # the forced classifier prefers the top level by 0.9 to this one
+    levels = {}
+    for margin, path in files.items():
+        model = OnnxPadModel(product, path)
+        assert model.margin == margin
+        model.session = _ForcedSession(model.session, product)
+        readings = model.read(_observation_at_levels(product, {"GLU": below_top}))
+        levels[margin] = next(r.level for r in readings if r.analyte == "GLU")
+    assert levels == {0.8: glu.levels[-1].code, NEAREST_ONLY: glu.levels[below_top].code}
+    assert OnnxPadModel(product, _delete(tiny_file, tmp_path / "old.onnx", "model_margin")).margin == DEFAULT_MARGIN
+    assert "outside" in _refused(product, _rewrite(tiny_file, tmp_path / "far.onnx", "model_margin", "2")).detail

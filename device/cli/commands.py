@@ -67,11 +67,12 @@ def cmd_train(args) -> int:
     from calibration.specs import load_card, load_product
     from models import dataset, train
     product, card = load_product(args.product), load_card(args.card)
-    parts = []
+    parts, rows = [], []
     if args.synthetic:
         print(f"rendering and observing {args.synthetic} synthetic scenes of {product.id}", file=sys.stderr)
-        parts.append(dataset.synthetic(args.product, args.card, args.synthetic, args.seed, args.jobs, progress,
-                                       Path(args.photos) if args.photos else None))
+        rows = dataset.synthetic_rows(args.product, args.card, args.synthetic, args.seed, args.jobs, progress,
+                                      Path(args.photos) if args.photos else None)
+        parts.append(dataset.from_rows(product, rows))
     if args.data:
         print(f"observing the labelled captures in {args.data}", file=sys.stderr)
         parts.append(dataset.real_captures(product, card, Path(args.data), progress))
@@ -79,10 +80,14 @@ def cmd_train(args) -> int:
         print("stripread: nothing to train on: give --synthetic N and/or --data DIR", file=sys.stderr)
         return EXIT_USAGE
     data = dataset.merge(parts)
+    print("choosing the model's margin over nearest colour, one domain of the rendered scenes held out at a time",
+          file=sys.stderr)
+    margin, table = train.choose_margin(product, rows, args.seed)
+    print(train.format_margin_table(margin, table), file=sys.stderr)
     print(f"fitting models on {data.photos - data.refused} photos ({data.refused} refused)", file=sys.stderr)
-    out = train.export(train.train(data, args.seed), data, Path(args.out or f"{product.id}.onnx"))
+    out = train.export(train.train(data, args.seed), data, Path(args.out or f"{product.id}.onnx"), margin, table)
     print(json.dumps({"model": str(out), "bytes": out.stat().st_size, "photos": data.photos,
-                      "refused": data.refused, "training_data_sha256": data.digest()}))
+                      "refused": data.refused, "training_data_sha256": data.digest(), "model_margin": margin}))
     return EXIT_OK
 
 
