@@ -66,6 +66,17 @@ photo = Path(sys.argv[1]).read_bytes()
 camera.SimulatedCamera.capture = lambda self: photo
 sys.exit(main(sys.argv[2:]))
 """
+# the pad model loaded by a process whose cache holds no optimised graph yet (a first start after an
+# install or upgrade), optimising in-process or, as the service does, in a short-lived child first
+FIRST_LOAD = """
+import sys
+from calibration.specs import load_product
+from models.onnx_model import OnnxPadModel, optimise_apart
+if sys.argv[1] == "apart":
+    optimise_apart("generic-10")
+model = OnnxPadModel(load_product("generic-10"))
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS")))
+"""
 CAMERAS = ("simulated_camera", "camera_handing_over_photos")
 WEB_PAGES = ("/", "/api/session", "/api/session/preview.jpg", "/history", "/api/results?limit=20")
 
@@ -246,6 +257,19 @@ def soak(cmd: list[str], env: dict, core: int | None, sessions: int) -> dict:
             "pass": peak_mb <= SERVICE_GOAL_MB and late.slope * (after[-1][0] - after[half][0]) < TREND_GOAL_MB}
 
 
+def first_model_load(env: dict, core: int | None, tmp: Path, runs: int = 3) -> dict:
+    """RSS after loading the pad model with an empty cache, optimised in-process or apart (alternated)."""
+    taskset = ["taskset", "-c", str(core)] if core is not None else []
+    rss = {"in_process": [], "apart": []}
+    for i in range(runs):
+        for mode in (("in_process", "apart") if i % 2 == 0 else ("apart", "in_process")):
+            cache = tmp / f"first-load-{mode}-{i}"
+            out = subprocess.run([*taskset, sys.executable, "-c", FIRST_LOAD, mode], env=dict(env, STRIPREAD_CACHE=str(cache)),
+                                 cwd=ROOT, capture_output=True, text=True, check=True)
+            rss[mode].append(int(out.stdout.split()[-1]) / 1024)
+    return {f"{mode}_rss_mib": round(statistics.median(v), 1) for mode, v in rss.items()}
+
+
 def outbox(stripread: Path, env: dict) -> str:
     run = subprocess.run([str(stripread), "sync", "--status"], env=env, capture_output=True, text=True)
     return run.stdout.splitlines()[0] if run.stdout else run.stderr.strip()
@@ -306,6 +330,7 @@ def main(argv=None) -> int:
                        capture_output=True)
         report["cold_read"] = cold_read(stripread, photo, env, cores[0], args.pairs)
         report["cold_read_model_baseline"] = baseline_read(stripread, photo, env, cores[0])
+        report["first_model_load"] = first_model_load(env, cores[0], tmp)
         if not args.no_soak:
             report["service"] = service_soaks(stripread, photo, env, cores, args.sessions, args.speed, tmp,
                                               CAMERAS if args.camera == "both" else (args.camera,))
@@ -321,6 +346,9 @@ def main(argv=None) -> int:
           f"{cold['read']['peak_rss_mib_max']}, goal <= {READ_GOAL_MIB:g}), {cold['read']['wall_s']} s = "
           f"{cold['time_ratio_median_of_pairs']}x a fresh decode's {cold['decode']['wall_s']} s "
           f"({cold['decode']['peak_rss_mib']} MiB; goal <= {READ_RATIO_GOAL:g}x): {'pass' if cold['pass'] else 'FAIL'}")
+    first = report["first_model_load"]
+    print(f"the pad model loaded with an empty cache: {first['in_process_rss_mib']} MiB optimised in-process, "
+          f"{first['apart_rss_mib']} MiB optimised by a child first (as `stripread run` does)")
     for name, s in report.get("service", {}).items():
         print(f"`stripread run`, {name.replace('_', ' ')}: peak {s['peak_rss_mb']} MB through {s['sessions']} "
               f"sessions (goal <= {SERVICE_GOAL_MB:g}), RSS fitted rise after the first tenth "

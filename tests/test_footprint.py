@@ -19,7 +19,7 @@ from calibration.errors import ReadError
 from calibration.quantiles import median, percentile
 from device.cli import commands as cli
 from device.reading.reader import software_version
-from models.onnx_model import OnnxPadModel, default_model_path
+from models.onnx_model import OnnxPadModel, default_model_path, optimise_apart
 from simulator import scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,3 +201,14 @@ def test_the_service_hands_freed_photo_memory_back_from_every_thread():
                                        check=True, timeout=60).stdout)
             for mode in ("glibc default", "bounded")}
     assert kept["bounded"] < 5 < kept["glibc default"], kept
+
+
+def test_a_long_lived_reader_never_optimises_the_graph_itself(product, private_cache, sessions_opened):
+    """The service has a child process optimise, check and save the graph, then loads the saved one:
+    the optimiser's memory never enters the process that keeps running."""
+    optimise_apart(product.id)
+    [saved] = _saved_graphs(private_cache)
+    OnnxPadModel(product)
+    assert sessions_opened == [str(saved)]
+    optimise_apart(product.id)                          # saved already: no child, nothing changes
+    assert _saved_graphs(private_cache) == [saved]

@@ -412,7 +412,7 @@ def cmd_run(args, automatic_patient: bool = True) -> int:
     with contextlib.ExitStack() as stack:
         stack.enter_context(store)
         setup = ReaderSetup.from_args(args)
-        reader = setup.reader()
+        reader = setup.reader(long_lived=True)
         clock = setup.clock()
         board, camera, rig = setup.hardware(stack, reader.product, clock)
         session = ReadingSession(reader, board, camera, store, clock, stop=stop, admit=setup.qc_gate(stack),

@@ -49,13 +49,14 @@ class ReaderSetup:
         given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         return cls(**{**given, **overrides})
 
-    def reader(self) -> Reader:
+    def reader(self, long_lived: bool = False) -> Reader:
         """The read path. `model`: auto (the product's shipped trained model, or the baseline for a
-        product that has none), onnx, baseline (nearest chart colour) or an .onnx file."""
+        product that has none), onnx, baseline (nearest chart colour) or an .onnx file. A
+        `long_lived` reader (the service) has its model's graph optimised by a child process first."""
         from calibration.specs import load_card, load_product
         from device.language.i18n import choose_style
         from device.reading.reader import Reader
-        from models.onnx_model import OnnxPadModel, default_model_path
+        from models.onnx_model import OnnxPadModel, default_model_path, optimise_apart
         product = load_product(self.product)
         choice = self.model
         if choice == "auto":
@@ -64,7 +65,10 @@ class ReaderSetup:
             from models.pads import NearestChartColour
             model = NearestChartColour()
         else:
-            model = OnnxPadModel(product, None if choice == "onnx" else Path(choice))
+            path = None if choice == "onnx" else Path(choice)
+            if long_lived:
+                optimise_apart(self.product, path)
+            model = OnnxPadModel(product, path)
         card, calibration = self.calibration(load_card(self.card), product)
         return Reader(card, product, model, calibration, report_style=choose_style(self.units))
 
