@@ -71,10 +71,11 @@ sys.exit(main(sys.argv[2:]))
 FIRST_LOAD = """
 import sys
 from calibration.specs import load_product
-from models.onnx_model import OnnxPadModel, optimise_apart
+from models.onnx_model import OnnxPadModel, default_model_path, optimise_apart
+product = load_product("generic-10")
 if sys.argv[1] == "apart":
-    optimise_apart("generic-10")
-model = OnnxPadModel(load_product("generic-10"))
+    optimise_apart(product.id, default_model_path(product))
+model = OnnxPadModel(product)
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmRSS")))
 """
 CAMERAS = ("simulated_camera", "camera_handing_over_photos")

@@ -128,20 +128,19 @@ class OnnxPadModel:
         return readings
 
 
-
-def optimise_apart(product_ref: str, path: Path | None = None) -> None:
-    """Load the product's model once in a short-lived child process, which optimises its graph, checks
-    it and saves it in the cache, so a long-lived process (the service) only loads the saved graph:
-    optimising in the service itself keeps ~8-11 MiB of onnxruntime's optimiser resident for its whole
-    life after every install or upgrade. Nothing happens when the graph is saved already; a child that
-    fails leaves the service to optimise in-process as before (and to refuse a bad model itself)."""
-    from calibration.specs import load_product
-    path = Path(path) if path else default_model_path(load_product(product_ref))
+def optimise_apart(product_ref: str, path: Path) -> None:
+    """Load the model at `path` once in a short-lived child process, which optimises its graph,
+    checks it and saves it in the cache, so a long-lived process (the service) only loads the saved
+    graph: optimising in the service itself keeps ~7 MiB of onnxruntime's optimiser resident for its
+    whole life after every install or upgrade. Nothing happens when the graph is saved already; a
+    child that fails leaves the service to optimise in-process as before (and to refuse a bad model
+    itself)."""
     if not path.is_file() or has_saved_graph(path):
         return
     subprocess.run([sys.executable, "-c", "import sys\nfrom calibration.specs import load_product\n"
                     "from models.onnx_model import OnnxPadModel\nOnnxPadModel(load_product(sys.argv[1]), sys.argv[2])",
                     product_ref, str(path)], capture_output=True, timeout=600, check=False)
+
 
 def level_readings(product: Product, charts: list, probabilities: dict, classes: dict,
                    margin: float) -> list[PadReading]:

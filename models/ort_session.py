@@ -79,7 +79,7 @@ def open_session(path: Path, check: Callable) -> None:
 
 def has_saved_graph(path: Path) -> bool:
     """Whether the model at `path` has its optimised graph in the cache (for this runtime and machine).
-    Optimising keeps ~8-11 MiB of onnxruntime's optimiser resident for the rest of a process's life, so
+    Optimising keeps ~7 MiB of onnxruntime's optimiser resident for the rest of a process's life, so
     a long-lived process has it done by a short-lived one first (`models.onnx_model.optimise_apart`)."""
     import onnxruntime as ort
     return _saved_graph(ort, path, path.read_bytes()).is_file()

@@ -206,9 +206,9 @@ def test_the_service_hands_freed_photo_memory_back_from_every_thread():
 def test_a_long_lived_reader_never_optimises_the_graph_itself(product, private_cache, sessions_opened):
     """The service has a child process optimise, check and save the graph, then loads the saved one:
     the optimiser's memory never enters the process that keeps running."""
-    optimise_apart(product.id)
+    optimise_apart(product.id, default_model_path(product))
     [saved] = _saved_graphs(private_cache)
     OnnxPadModel(product)
     assert sessions_opened == [str(saved)]
-    optimise_apart(product.id)                          # saved already: no child, nothing changes
+    optimise_apart(product.id, default_model_path(product))   # saved already: no child, nothing changes
     assert _saved_graphs(private_cache) == [saved]

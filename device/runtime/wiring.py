@@ -65,7 +65,7 @@ class ReaderSetup:
             from models.pads import NearestChartColour
             model = NearestChartColour()
         else:
-            path = None if choice == "onnx" else Path(choice)
+            path = default_model_path(product) if choice == "onnx" else Path(choice)
             if long_lived:
                 optimise_apart(self.product, path)
             model = OnnxPadModel(product, path)
