@@ -26,8 +26,7 @@ class PadMessage:
     level: str | None
     value: float | None          # the reader's estimate, for a quantity
     abnormal: bool
-    absent_reason: str | None    # a flag saying why no level was reported
-    note: str
+    note: str                    # for a pad not reported, why
     derived_from: tuple[str, ...] = ()   # a derived quantity (the ACR): the pads it is computed from
     name: str = ""                       # what a person calls it ("Glucose"), from the product file
 
@@ -66,19 +65,19 @@ def _names(reading: Reading) -> dict[str, str]:
 def _derived_message(entry: Derived, name: str) -> PadMessage:
     """A derived ratio (the ACR): its value as a quantity, its category and interval as a note."""
     if entry.value is None:
-        return PadMessage(entry.code, entry.loinc, entry.unit, None, None, False, "not_read",
+        return PadMessage(entry.code, entry.loinc, entry.unit, None, None, False,
                           f"No result: {' or '.join(entry.sources)} was not read.", entry.sources, name)
     low, high = entry.interval
     note = (f"Category {entry.category}; interval {_significant(low)}-{_significant(high)} {entry.unit}"
             + ("; the interval spans two categories: repeat the test" if "category_uncertain" in entry.flags else ""))
     return PadMessage(entry.code, entry.loinc, entry.unit, entry.category, float(entry.value),
-                      "abnormal" in entry.flags, None, note + ".", entry.sources, name)
+                      "abnormal" in entry.flags, note + ".", entry.sources, name)
 
 
 def _pad_message(pad: PadResult, name: str) -> PadMessage:
     if pad.level is None:
         reason = next((f for f in pad.flags if f != "abnormal"), "not_read")
-        return PadMessage(pad.analyte, pad.loinc, pad.unit, None, None, False, reason,
+        return PadMessage(pad.analyte, pad.loinc, pad.unit, None, None, False,
                           f"No result: {reason.replace('_', ' ')}.", name=name)
     note = f"Chart level {pad.level}"
     if pad.value is not None and pad.unit:
@@ -90,7 +89,7 @@ def _pad_message(pad: PadResult, name: str) -> PadMessage:
     if "low_confidence" in pad.flags:
         note += "; low confidence: confirm with a laboratory test"
     return PadMessage(pad.analyte, pad.loinc, pad.unit, pad.level,
-                      None if pad.value is None else float(_significant(pad.value)), pad.abnormal, None, note + ".",
+                      None if pad.value is None else float(_significant(pad.value)), pad.abnormal, note + ".",
                       name=name)
 
 

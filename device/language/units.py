@@ -56,16 +56,10 @@ def significant(value: float, digits: int = 2) -> int:
     return max(0, digits - 1 - math.floor(math.log10(abs(value))))
 
 
-def chart_decimals(values: list[float], value: float) -> int | None:
-    """Decimals that show an estimate as far as its chart resolves it: a power of ten no finer
-    than half the step between the two chart levels around it (883.5 mg/dL between 500 and 1000:
-    0 decimals, to the hundred, see `chart_quantum`). None when the chart is not numeric."""
-    quantum = chart_quantum(values, value)
-    return None if quantum is None else max(0, -int(math.floor(math.log10(quantum))))
-
-
 def chart_quantum(values: list[float | None], value: float | None) -> float | None:
-    """The power of ten an estimate is rounded to on this chart (see `chart_decimals`)."""
+    """The power of ten an estimate is rounded to on this chart: no finer than half the step between
+    the two chart levels around it (883.5 mg/dL between 500 and 1000: to the hundred). None when the
+    chart is not numeric."""
     if value is None or not values or None in values:
         return None
     k = min(max(sum(v <= value for v in values), 1), len(values) - 1)
