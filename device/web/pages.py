@@ -98,9 +98,12 @@ def words_of(request: Request) -> Words:
 
 
 def staff(request: Request) -> WebSession | None:
-    """The logged-in staff member's session (its idle timer restarted), or None."""
-    with Accounts(site_of(request).context.db) as accounts:
-        return accounts.session(request.cookies.get(SESSION_COOKIE))
+    """The logged-in staff member's session, or None: looked up (and its idle timer restarted, a
+    durable write) once per request, however many of the request's checks and its page ask."""
+    if not hasattr(request.state, "staff"):
+        with Accounts(site_of(request).context.db) as accounts:
+            request.state.staff = accounts.session(request.cookies.get(SESSION_COOKIE))
+    return request.state.staff
 
 
 class Page:
