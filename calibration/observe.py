@@ -180,7 +180,13 @@ class StripObserver:
         # a bin saturated in a channel shows no colour there: left out like one under a highlight
         seen = ~light.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE) & (profile.clipped <= 0.5)
         white_lab = correction.to_lab(np.ones((1, 3)))[0]   # the card's paper, as this photo shows it
-        return match_strip(self.card, self.product, profile_lab, seen, white_lab, correction.residual_de00)
+        try:
+            return match_strip(self.card, self.product, profile_lab, seen, white_lab, correction.residual_de00)
+        except ReadError as err:
+            # the strip's base is nearly white: where the card's white is blown, so is the strip
+            if err.code == "strip_not_found" and light.mostly_saturated:
+                raise ReadError("overexposed", OVEREXPOSED_MESSAGE) from None
+            raise
 
     def _pad_colours(self, image, pose, light, correction, pad_xy: np.ndarray) -> tuple[np.ndarray, ...]:
         """Each pad's corrected colour (CIELAB D50) at `pad_xy` (card mm), the fraction of it under a

@@ -117,9 +117,9 @@ def test_measured_references_read_a_misprinted_card_better_than_the_intended_one
 
 
 def test_a_badly_misprinted_card_is_refused_until_it_is_measured():
-    """3-6 dE00 of print error: the intended references cannot calibrate any photo (every reading
+    """5-9 dE00 of print error: the intended references cannot calibrate any photo (every reading
     would be refused), the measured ones calibrate all of them."""
-    true_lab, physical = printed(12, 3.0, 6.0)
+    true_lab, physical = printed(12, 5.0, 9.0)
     photos = card_photos(physical)
     assert all(card_residual(CARD, photo) is None for photo in photos)
     measured = import_measurements(CARD, measurement_csv(true_lab), photos)
@@ -177,7 +177,7 @@ def test_another_cards_measurement_or_rows_out_of_order_are_refused(lab):
 
 @pytest.mark.parametrize("print_error,message", [
     ((1.0, 2.0), "fit the photos worse than the card's intended values"),
-    ((2.0, 4.0), "cannot calibrate photo"),
+    ((3.0, 6.0), "cannot calibrate photo"),
 ], ids=["fits-worse", "cannot-calibrate"])
 def test_a_plausible_measurement_of_another_print_is_refused_by_the_photos(print_error, message):
     """Every value within a print error of the intended colours, so the file alone looks fine; but

@@ -1,6 +1,7 @@
 """The read under lights, cameras and exposures the reader was not designed around (the wide
 simulator, `simulator.world`): strict JSON on every photo, one channel clipped on the white handled
-from the others, a clipped pad flagged on that pad alone."""
+from the others, a clipped pad flagged on that pad alone, a strip whose pads sit mid-strip told the
+right way round from turned where the card's inks and the reagents' dyes part ways."""
 import dataclasses
 import json
 from functools import lru_cache
@@ -8,6 +9,10 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
+from calibration.errors import ReadError
+from calibration.observe import StripObserver
+from calibration.specs import load_card, load_product
+from calibration.strip import TURN_MARGIN
 from device.cli.commands import EXIT_OK, EXIT_REFUSED, main
 from simulator import scene
 from simulator.world import random_world_scene
@@ -23,7 +28,7 @@ def _strict(text: str):
 @lru_cache(maxsize=None)
 def world_photo(seed: int, **overrides):
     rng = np.random.default_rng(seed)
-    spec = random_world_scene(rng, product="generic-10", **dict(overrides))
+    spec = random_world_scene(rng, **{"product": "generic-10", **overrides})
     return spec, *scene.photograph(spec, rng)
 
 
@@ -87,3 +92,31 @@ def test_a_pad_that_is_itself_clipped_is_flagged_on_that_pad(tmp_path, capsys):
         assert len(saturated) < len(result["analytes"])     # never the whole strip
         flagged += len(saturated)
     assert flagged > 0    # the palest pads (negative glucose, bilirubin...) clip with the paper
+
+
+# acr-2 scenes (world seeds) whose pads, judged in CIE76, looked about as much like the strip turned
+# end for end as the right way round: fluorescent, violet and RGB LEDs, a Foveon-like sensor...
+ACR_METAMERIC = (6, 11, 18, 32, 35, 38, 57)
+SMALL = (1456, 1088)
+
+
+def _observe_acr(seed: int, fault: str | None):
+    _, data, _ = world_photo(seed, product="acr-2", fault=fault, resolution=SMALL)
+    return StripObserver(load_card("card-v1"), load_product("acr-2")).observe(data)
+
+
+@pytest.mark.parametrize("seed", ACR_METAMERIC)
+def test_an_acr_strip_the_right_way_round_is_read_where_inks_and_dyes_part_ways(seed):
+    observation = _observe_acr(seed, None)
+    assert observation.qc["strip_reversed_margin"] >= TURN_MARGIN
+
+
+def test_an_acr_strip_turned_end_for_end_is_refused():
+    codes = []
+    for seed in range(12):
+        try:
+            _observe_acr(seed, "reversed")
+            codes.append(None)
+        except ReadError as err:
+            codes.append(err.code)
+    assert codes == ["strip_reversed"] * 12
