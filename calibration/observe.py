@@ -27,6 +27,7 @@ PATCH_INNER = 0.6            # fraction of a patch or pad side that is sampled (
 TOO_DARK = 80 / 255          # card white darker than this: too few grey levels left to tell pads apart
 DARK_FRAME = 45 / 255        # a whole frame this dark hides the card too: said before looking for it
 PLATEAU_SPREAD, PLATEAU_SHARE = 1.5 / 255, 0.85   # noiseless white at the top level over this share: saturated
+SATURATED_MAX_RESIDUAL_DE00 = 5.0   # the colour correction's limit when the card's white is mostly saturated
 MIN_PATCHES, MIN_NEUTRALS = 16, 3   # unclipped, glare-free card patches the colour correction needs
 PAD_GLARE_REFUSE = 0.4       # a pad with more highlight than this cannot be read
 PATCH_GLARE_DROP = 0.3
@@ -171,6 +172,10 @@ class StripObserver:
             if np.any(light.lifted_near(self._patch_centers[usable], PATCH_GLARE_RADIUS_MM)):
                 raise ReadError("glare", CARD_GLARE_MESSAGE) from None
             raise
+        # against a white saturated in a channel every colour is a bound: such a fit is trusted only as
+        # far as a tighter limit (looser fits there went on to strips "not found" or "unlike the product")
+        if light.mostly_saturated and correction.residual_de00 > SATURATED_MAX_RESIDUAL_DE00:
+            raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
         return light, correction
 
     def _locate_strip(self, image, pose, light, correction):
@@ -180,13 +185,7 @@ class StripObserver:
         # a bin saturated in a channel shows no colour there: left out like one under a highlight
         seen = ~light.glare_near(self._profile_xy) & (profile.specular < PAD_GLARE_REFUSE) & (profile.clipped <= 0.5)
         white_lab = correction.to_lab(np.ones((1, 3)))[0]   # the card's paper, as this photo shows it
-        try:
-            return match_strip(self.card, self.product, profile_lab, seen, white_lab, correction.residual_de00)
-        except ReadError as err:
-            # the strip's base is nearly white: where the card's white is blown, so is the strip
-            if err.code == "strip_not_found" and light.mostly_saturated:
-                raise ReadError("overexposed", OVEREXPOSED_MESSAGE) from None
-            raise
+        return match_strip(self.card, self.product, profile_lab, seen, white_lab, correction.residual_de00)
 
     def _pad_colours(self, image, pose, light, correction, pad_xy: np.ndarray) -> tuple[np.ndarray, ...]:
         """Each pad's corrected colour (CIELAB D50) at `pad_xy` (card mm), the fraction of it under a

@@ -100,8 +100,8 @@ ACR_METAMERIC = (6, 11, 18, 32, 35, 38, 57)
 SMALL = (1456, 1088)
 
 
-def _observe_acr(seed: int, fault: str | None):
-    _, data, _ = world_photo(seed, product="acr-2", fault=fault, resolution=SMALL)
+def _observe_acr(seed: int, fault: str | None, resolution: tuple = SMALL):
+    _, data, _ = world_photo(seed, product="acr-2", fault=fault, resolution=resolution)
     return StripObserver(load_card("card-v1"), load_product("acr-2")).observe(data)
 
 
@@ -120,3 +120,12 @@ def test_an_acr_strip_turned_end_for_end_is_refused():
         except ReadError as err:
             codes.append(err.code)
     assert codes == ["strip_reversed"] * 12
+
+
+def test_a_loose_card_fit_against_a_saturated_white_is_called_overexposure():
+    """An overexposed acr-2 photo (world seed 700155003): one channel saturated over the card's
+    white and the card fitting at 5.1 dE00, within the general limit; the strip then looked like
+    another product. Against a saturated white the tighter limit holds, and the cause is named."""
+    with pytest.raises(ReadError) as refused:
+        _observe_acr(700155003, "overexposed", resolution=(2028, 1520))
+    assert refused.value.code == "overexposed"
