@@ -13,7 +13,7 @@ was trained on, plus every fault, and reports:
 - leave-one-domain-out: for every light family, camera label, reagent-dye model (absorption bands
   or smooth spectra) and card-ink model (CMYK or smooth), the pad model
   trained (exactly as `stripread train` does, on the training seeds) WITHOUT that domain, combined
-  with nearest colour at the shipped model's margin, and tested on it, against nearest colour on
+  with nearest colour at the shipped model's margins, and tested on it, against nearest colour on
   the same photos, with the good photos refused there.
 
 Photos are kept in bench/results/world-photos/ and observed scenes cached in
@@ -151,10 +151,10 @@ def _summary(product, rows: dict, shipped) -> dict:
             "faults": _faults(rows["faults"])}
 
 
-def _lodo(product_id: str, rows: dict, margin: float) -> dict:
+def _lodo(product_id: str, rows: dict, margins: dict) -> dict:
     """Each domain held out of training and tested alone: the classifier `stripread train` fits,
-    run in scikit-learn, combined with nearest colour at the shipped model's margin (chosen on its
-    training photos, that domain's included; a margin chosen again without it would cost a
+    run in scikit-learn, combined with nearest colour at the shipped model's margins (chosen on its
+    training photos, that domain's included; margins chosen again without it would cost a
     leave-one-domain-out inside every fold, 20 times the fitting)."""
     from calibration.specs import load_product
     from models.dataset import DOMAINS
@@ -165,7 +165,7 @@ def _lodo(product_id: str, rows: dict, margin: float) -> dict:
     for kind, of in DOMAINS.items():
         for held in sorted({of(r) for r in rows["test"]}):
             test = [r for r in rows["test"] if of(r) == held]
-            model = SklearnPads(product, [r for r in rows["train"] if of(r) != held], margin)
+            model = SklearnPads(product, [r for r in rows["train"] if of(r) != held], margins)
             refused = sum(r.observation is None for r in test)
             entry = {"photos": len(test), "good_refused": refused}
             for name, m in (("model", model), ("nearest", NearestChartColour())):
@@ -178,7 +178,7 @@ def _lodo(product_id: str, rows: dict, margin: float) -> dict:
 
 def _print(product: str, s: dict, lodo: dict) -> None:
     print(f"\n== {product}: {s['scenes']} good photos, refused {s['good_refused']} {s['refused_codes']}, "
-          f"of which physics could read {s['refused_though_readable']}; model margin {s['model_margin']}")
+          f"of which physics could read {s['refused_though_readable']}; model margins {s['model_margin']}")
     for name, o in s["overall"].items():
         print(f"  {name:8} exact(all pads) {o['exact_all']:.3f}  exact(read) {o['exact_read']:.3f}  "
               f"within one {o['within_one']:.3f}  ece {o['ece']:.3f}  ceiling {o['ceiling']:.3f}")
@@ -210,8 +210,8 @@ def main(argv=None) -> int:
     report = {}
     for product, product_rows in rows.items():
         shipped = OnnxPadModel(load_product(product))
-        summary = {"model_margin": shipped.margin, **_summary(product, product_rows, shipped)}
-        lodo = _lodo(product, product_rows, shipped.margin)
+        summary = {"model_margin": shipped.margins, **_summary(product, product_rows, shipped)}
+        lodo = _lodo(product, product_rows, shipped.margins)
         _print(product, summary, lodo)
         report[product] = {"summary": summary, "leave_one_domain_out": lodo}
     out = RESULTS / "generalization.json"

@@ -134,7 +134,7 @@ def synthetic_rows(product_ref: str, card_ref: str, count: int, seed: int, jobs:
                    progress: Callable[[int, int], None] | None = None, photos: Path | None = None) -> list[SceneRow]:
     """`count` observed scenes of the product drawn from the whole simulated world (the photos kept
     in and reused from `photos`, if given): `from_rows` makes them a training set, and their domains
-    choose the model's margin (`models.train.choose_margin`)."""
+    choose the model's margins (`models.train.choose_margins`)."""
     return world_rows(str(product_ref), str(card_ref), training_seeds(seed, count), jobs=jobs, progress=progress,
                       photos=photos)
 

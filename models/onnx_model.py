@@ -23,7 +23,7 @@ from models.ort_session import has_saved_graph, open_session
 from models.pads import OUT_OF_GAMUT_DE00, PadReading, chart_positions, interpret, out_of_gamut, value_at
 
 MODEL_VERSION = "pads/2"
-DEFAULT_MARGIN = 0.5         # the margin of a file without one (trained before it was chosen per model)
+DEFAULT_MARGIN = 0.5         # the margin of a file without one (trained before margins were chosen)
 NEAREST_ONLY = 1.01          # a margin no probability difference reaches: the nearest colour's levels
 DIFFICULTY_OFFSET = 0.5      # a photo's difficulty: card residual (dE00) + this; scales value intervals
 META = "stripread."          # prefix of this project's keys in the file's metadata_props
@@ -61,7 +61,7 @@ class OnnxPadModel:
             self.version = f"{meta['model_version']}+{meta['training_data_sha256'][:12]}"
             self.classes = parsed["classes"]
             self.interval_scale = parsed["interval_scale"]
-            self.margin = parsed["model_margin"]
+            self.margins = parsed["model_margin"]
             self.outputs = [o.name for o in session.get_outputs()]
             self._self_test(parsed["sklearn_reference"])
 
@@ -83,16 +83,24 @@ class OnnxPadModel:
         try:
             parsed = {key: json.loads(meta[key])
                       for key in ("features", "classes", "interval_scale", "sklearn_reference")}
-            parsed["model_margin"] = float(meta.get("model_margin", DEFAULT_MARGIN))
-        except (KeyError, ValueError):
+            parsed["model_margin"] = self._margins(json.loads(meta.get("model_margin", str(DEFAULT_MARGIN))))
+        except (KeyError, ValueError, TypeError):
             raise _refuse(f"{self.path}: metadata incomplete") from None
-        if not 0.0 <= parsed["model_margin"] <= NEAREST_ONLY:
-            raise _refuse(f"{self.path}: model margin {parsed['model_margin']} outside 0..{NEAREST_ONLY}")
+        for analyte, margin in parsed["model_margin"].items():
+            if not 0.0 <= margin <= NEAREST_ONLY:
+                raise _refuse(f"{self.path}: model margin {margin} of {analyte} outside 0..{NEAREST_ONLY}")
         inputs = {i.name for i in self.session.get_inputs()}
         for pad in self.product.pads:
             if parsed["features"].get(pad.analyte) != feature_names(pad) or pad.analyte not in inputs:
                 raise _refuse(f"{self.path}: features for {pad.analyte} do not match this software")
         return parsed
+
+    def _margins(self, stored) -> dict[str, float]:
+        """Each analyte's margin: a file stores one per analyte, or one for all (trained before
+        margins were chosen per analyte)."""
+        if isinstance(stored, dict):
+            return {pad.analyte: float(stored[pad.analyte]) for pad in self.product.pads}
+        return {pad.analyte: float(stored) for pad in self.product.pads}
 
     def _self_test(self, reference: dict) -> None:
         """Run the fixed inputs stored at export and compare with scikit-learn's outputs for them: a
@@ -112,7 +120,7 @@ class OnnxPadModel:
         feeds = {pad.analyte: row[None, :] for pad, row in zip(self.product.pads, features)}
         results = dict(zip(self.outputs, self.session.run(None, feeds)))
         probabilities = {pad.analyte: results[f"{pad.analyte}_c_probabilities"][0] for pad in self.product.pads}
-        readings = level_readings(self.product, charts, probabilities, self.classes, self.margin)
+        readings = level_readings(self.product, charts, probabilities, self.classes, self.margins)
         difficulty = observation.residual_de00 + DIFFICULTY_OFFSET
         for pad, reading in zip(self.product.pads, readings):
             position = results.get(f"{pad.analyte}_r_variable")
@@ -143,14 +151,14 @@ def optimise_apart(product_ref: str, path: Path) -> None:
 
 
 def level_readings(product: Product, charts: list, probabilities: dict, classes: dict,
-                   margin: float) -> list[PadReading]:
+                   margins: dict[str, float]) -> list[PadReading]:
     """Each pad's level from its classifier's probabilities (columns `classes[analyte]` of the
     chart's levels). The model refines the level within one step of the nearest chart colour, never
     beyond (far from its training data it could otherwise be confidently wrong by several levels),
-    and only where it prefers that neighbour to the nearest colour by at least `margin` probability:
-    what it learned of one dye's metamerism against the card's inks must not outvote the colour
-    under dyes it never saw. The margin is chosen per model from its own training photos
-    (`models.train.choose_margin`); at `NEAREST_ONLY` the levels are nearest colour's."""
+    and only where it prefers that neighbour to the nearest colour by at least its analyte's margin
+    in probability: what it learned of one dye's metamerism against the card's inks must not outvote
+    the colour under dyes it never saw. The margins are chosen per analyte from the model's own
+    training photos (`models.train.choose_margins`); at `NEAREST_ONLY` the levels are nearest colour's."""
     readings = []
     for pad, chart in zip(product.pads, charts):
         if chart.gap > OUT_OF_GAMUT_DE00:
@@ -160,7 +168,7 @@ def level_readings(product: Product, charts: list, probabilities: dict, classes:
         p[classes[pad.analyte]] = probabilities[pad.analyte]
         near = np.abs(np.arange(len(pad.levels)) - chart.nearest) <= 1
         level = int(np.argmax(np.where(near, p, -1.0)))
-        if p[level] - p[chart.nearest] < margin:
+        if p[level] - p[chart.nearest] < margins[pad.analyte]:
             level = chart.nearest
         readings.append(interpret(pad, PadReading(pad.analyte, pad.levels[level].code, None,
                                                   round(float(p[level]), 3), [], round(chart.gap, 2))))

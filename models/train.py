@@ -9,9 +9,10 @@ interval's half-width is the 90th percentile of that ratio times the new photo's
 covers about 90 % of pads like those it was measured on without assuming a distribution, and
 widens by itself under light the colour correction handles less well.
 
-How far the classifier may overrule the nearest chart colour (`model_margin`) is chosen from the
-training scenes themselves by leaving out one light family, camera, dye or ink model at a time
-(`choose_margin`): a property of each trained model, never of the test photos.
+How far the classifier may overrule the nearest chart colour (`model_margin`, per analyte: each
+reagent's dye parts from the card's inks in its own way) is chosen from the training scenes
+themselves by leaving out one light family, camera, dye or ink model at a time (`choose_margins`):
+a property of each trained model, never of the test photos.
 
 Every analyte's models sit in one ONNX graph with one input and outputs per analyte, so a strip is
 one `InferenceSession.run`. The file carries what it was made for and from (`metadata_props`),
@@ -47,7 +48,7 @@ CALIBRATION_SHARE = 0.2
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 RESIDUAL_FEATURE = -1        # the card's held-out residual is the last feature of every pad
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, NEAREST_ONLY)   # candidates, smallest first
-MARGIN_TOLERANCE = 0.002     # how far below nearest colour a held-out domain may be read: one pad in 500
+MARGIN_TOLERANCE = 0.002     # how far below nearest colour a held-out domain may read an analyte: one pad in 500
 MIN_DOMAIN_PHOTOS = 20       # a held-out domain with fewer training photos is too small to judge on
 
 
@@ -96,9 +97,10 @@ class SklearnPads:
     name = "sklearn"
     version = "sklearn"
 
-    def __init__(self, product: Product, rows: Iterable[SceneRow], margin: float = DEFAULT_MARGIN, seed: int = 0):
+    def __init__(self, product: Product, rows: Iterable[SceneRow], margins: dict | None = None, seed: int = 0):
         data = from_rows(product, rows)
-        self.product, self.margin = product, margin
+        self.product = product
+        self.margins = margins or {pad.analyte: DEFAULT_MARGIN for pad in product.pads}
         self.models = {pad.analyte: fit_analyte(*data.arrays(pad.analyte), False, seed) for pad in product.pads}
         self.classes = {a: m.classes for a, m in self.models.items()}
 
@@ -112,18 +114,18 @@ class SklearnPads:
 
     def read(self, observation: StripObservation) -> list:
         charts, probabilities = self.probabilities([observation])
-        return level_readings(self.product, charts[0], probabilities[0], self.classes, self.margin)
+        return level_readings(self.product, charts[0], probabilities[0], self.classes, self.margins)
 
 
-def choose_margin(product: Product, rows: Iterable[SceneRow], seed: int = 0) -> tuple[float, dict]:
-    """The rule: the smallest of `MARGINS` at which no held-out domain is read worse than by nearest
-    colour by more than `MARGIN_TOLERANCE` (exact, on the pads read). Each light family, camera,
-    dye model and ink model with at least `MIN_DOMAIN_PHOTOS` of the training photos is held out in
-    turn (when the others are as many): the classifiers are fitted on the other photos and read it
-    at every candidate margin. `NEAREST_ONLY` always passes (its levels are nearest colour's, the
-    model then only gives the confidence). Without a domain that large (real captures carry none):
-    `DEFAULT_MARGIN`.
-    Returns the margin and the table {'<kind>=<value>': {'photos', 'pads', <margin>: exact}}."""
+def choose_margins(product: Product, rows: Iterable[SceneRow], seed: int = 0) -> tuple[dict, dict]:
+    """The rule, per analyte: the smallest of `MARGINS` at which no held-out domain reads that
+    analyte worse than nearest colour does by more than `MARGIN_TOLERANCE` (exact, on the pads read).
+    Each light family, camera, dye model and ink model with at least `MIN_DOMAIN_PHOTOS` of the
+    training photos is held out in turn (when the others are as many): the classifiers are fitted
+    on the other photos and read it at every candidate margin. `NEAREST_ONLY` always passes (the
+    levels are then nearest colour's, the model only gives the confidence). Without a domain that
+    large (real captures carry none): `DEFAULT_MARGIN`.
+    Returns {analyte: margin} and the table {'<kind>=<value>': {'photos', <analyte>: {'pads', <margin>: exact}}}."""
     rows = list(rows)
     table = {}
     for kind, of in DOMAINS.items():
@@ -135,45 +137,51 @@ def choose_margin(product: Product, rows: Iterable[SceneRow], seed: int = 0) -> 
             model = SklearnPads(product, [r for r in rows if of(r) != held], seed=seed)
             table[f"{kind}={held}"] = {"photos": len(inside), **_exact_by_margin(model, inside)}
     if not table:
-        return DEFAULT_MARGIN, table
-    margin = next(m for m in MARGINS
-                  if all(round(e[m] - e[NEAREST_ONLY], 9) >= -MARGIN_TOLERANCE for e in table.values()))
-    return margin, table
+        return {pad.analyte: DEFAULT_MARGIN for pad in product.pads}, table
+    return {pad.analyte: next(m for m in MARGINS if all(_behind(e[pad.analyte], m) <= MARGIN_TOLERANCE
+                                                        for e in table.values() if pad.analyte in e))
+            for pad in product.pads}, table
+
+
+def _behind(entry: dict, margin: float) -> float:
+    """How far the model at `margin` reads below nearest colour (rounded: equal is not behind)."""
+    return round(entry[NEAREST_ONLY] - entry[margin], 9)
 
 
 def _exact_by_margin(model: SklearnPads, rows: list[SceneRow]) -> dict:
-    """The share of read pads at their true level, at every candidate margin, and the pads read
-    (the same at every margin: whether a pad is read at all does not depend on it)."""
+    """Per analyte, the share of read pads at their true level at every candidate margin, and the
+    pads read (the same at every margin: whether a pad is read at all does not depend on it)."""
     observed = [r for r in rows if r.observation is not None]
     charts, probabilities = model.probabilities([r.observation for r in observed])
     truth = [{pad.analyte: pad.levels[true_level(pad, r.positions[pad.analyte])].code
               for pad in model.product.pads if r.positions.get(pad.analyte) is not None} for r in observed]
-    result = {}
+    marks = {pad.analyte: {m: [] for m in MARGINS} for pad in model.product.pads}
     for margin in MARGINS:
-        marks = [reading.level == t[reading.analyte]
-                 for c, p, t in zip(charts, probabilities, truth)
-                 for reading in level_readings(model.product, c, p, model.classes, margin)
-                 if reading.analyte in t and reading.level is not None]
-        result[margin] = sum(marks) / max(len(marks), 1)
-    return {"pads": len(marks), **result}
+        every = {pad.analyte: margin for pad in model.product.pads}
+        for c, p, t in zip(charts, probabilities, truth):
+            for reading in level_readings(model.product, c, p, model.classes, every):
+                if reading.analyte in t and reading.level is not None:
+                    marks[reading.analyte][margin].append(reading.level == t[reading.analyte])
+    return {a: {"pads": len(m[NEAREST_ONLY]), **{k: sum(v) / len(v) for k, v in m.items()}}
+            for a, m in marks.items() if m[NEAREST_ONLY]}
 
 
-def format_margin_table(margin: float, table: dict) -> str:
-    """The table as text: each held-out domain's exact rate with nearest colour and, per candidate
-    margin, the model's minus it."""
-    head = f"{'held out':34} {'photos':>6} {'nearest':>7} " + " ".join(f"{m:>6.2f}" for m in MARGINS[:-1])
+def format_margin_table(margins: dict, table: dict) -> str:
+    """The table as text: per analyte, the pads read over the held-out domains and, per candidate
+    margin, how far the worst held-out domain reads it below nearest colour; then the margin kept."""
+    head = f"{'analyte':8} {'pads':>6} " + " ".join(f"{m:>6.2f}" for m in MARGINS[:-1]) + "   margin"
     lines = [head]
-    for held, e in table.items():
-        lines.append(f"{held:34} {e['photos']:6d} {e[NEAREST_ONLY]:7.3f} "
-                     + " ".join(f"{e[m] - e[NEAREST_ONLY]:+6.3f}" for m in MARGINS[:-1]))
-    if table:
-        lines.append(f"{'worst':50}" + " ".join(f"{min(e[m] - e[NEAREST_ONLY] for e in table.values()):+6.3f}"
-                                                for m in MARGINS[:-1]))
-    lines.append(f"model margin {margin}: " + (
-        f"the smallest at which no held-out domain is read worse than by nearest colour by more than "
-        f"{MARGIN_TOLERANCE} ({NEAREST_ONLY}: levels always nearest colour's)" if table else
-        f"the default: no light, camera, dye or ink domain of rendered scenes with {MIN_DOMAIN_PHOTOS} "
-        f"photos to hold out (real captures carry none)"))
+    for analyte, margin in margins.items():
+        entries = [e[analyte] for e in table.values() if analyte in e]
+        if entries:
+            lines.append(f"{analyte:8} {sum(e['pads'] for e in entries):6d} "
+                         + " ".join(f"{0.0 - max(_behind(e, m) for e in entries) + 0.0:+6.3f}" for m in MARGINS[:-1])
+                         + f"   {margin}")
+    lines.append(f"{len(table)} held-out domains; " + (
+        f"each analyte's margin is the smallest at which no held-out domain reads it worse than nearest "
+        f"colour by more than {MARGIN_TOLERANCE} ({NEAREST_ONLY}: levels always nearest colour's)" if table else
+        f"the default margin {DEFAULT_MARGIN}: no light, camera, dye or ink domain of rendered scenes with "
+        f"{MIN_DOMAIN_PHOTOS} photos to hold out (real captures carry none)"))
     return "\n".join(lines)
 
 
@@ -207,10 +215,10 @@ def reference_outputs(models: dict[str, AnalyteModel], data: TrainingSet) -> dic
     return reference
 
 
-def export(models: dict[str, AnalyteModel], data: TrainingSet, path: Path, margin: float = DEFAULT_MARGIN,
+def export(models: dict[str, AnalyteModel], data: TrainingSet, path: Path, margins: dict | None = None,
            margin_table: dict | None = None) -> Path:
-    """Write all analytes' models to one ONNX file with the metadata the loader checks, the margin
-    the model reads with (`choose_margin`) and the table it was chosen from."""
+    """Write all analytes' models to one ONNX file with the metadata the loader checks, the margins
+    the model reads with (`choose_margins`) and the table they were chosen from."""
     product = data.product
     graphs = [_analyte_graph(p.analyte, models[p.analyte], len(feature_names(p))) for p in product.pads]
     merged = graphs[0]
@@ -228,8 +236,9 @@ def export(models: dict[str, AnalyteModel], data: TrainingSet, path: Path, margi
         "classes": json.dumps({a: m.classes for a, m in models.items()}),
         "interval_scale": json.dumps({a: m.interval_scale for a, m in models.items()}),
         "interval_coverage": str(INTERVAL_COVERAGE),
-        "model_margin": str(margin),
-        "model_margin_table": json.dumps({held: {str(k): v for k, v in e.items()}
+        "model_margin": json.dumps(margins or {pad.analyte: DEFAULT_MARGIN for pad in product.pads}),
+        "model_margin_table": json.dumps({held: {a: v if a == "photos" else {str(k): x for k, x in v.items()}
+                                                 for a, v in e.items()}
                                           for held, e in (margin_table or {}).items()}),
         "sklearn_reference": json.dumps(reference_outputs(models, data)),
     }

@@ -166,7 +166,7 @@ def test_cli_train_on_a_tiny_set(tmp_path, capsys):
     report = json.loads(printed.out)
     assert report["photos"] == 8 and len(report["training_data_sha256"]) == 64
     # eight scenes hold no domain of 20 photos to leave out: the default margin, said so
-    assert report["model_margin"] == DEFAULT_MARGIN and "the default" in printed.err
+    assert report["model_margin"] == {"ALB": DEFAULT_MARGIN, "CRE": DEFAULT_MARGIN} and "the default" in printed.err
     assert OnnxPadModel(load_product("acr-2"), out).version.endswith(report["training_data_sha256"][:12])
 
 
@@ -248,7 +248,8 @@ def test_value_interval_widens_when_the_colour_correction_was_harder(product, ti
 def _scene_rows(product, shift_by_light: dict, per_light: int = 24) -> list:
     """Strips whose pads sit 30 % of the way from a level's chart colour to the next, so nearest
     colour reads that level; under each light the true level is that level plus its shift (a dye
-    that reads darker than its colour under that light). One camera, dye and ink: never held out."""
+    that reads darker than its colour under that light), one for all pads or {analyte: shift}.
+    One camera, dye and ink: never held out."""
     from calibration.colour import hex_to_lab_d50
     from calibration.observe import StripObservation
     rng = np.random.default_rng(3)
@@ -260,7 +261,8 @@ def _scene_rows(product, shift_by_light: dict, per_light: int = 24) -> list:
             lab = np.array([pad.level_lab[k] + 0.3 * (pad.level_lab[k + 1] - pad.level_lab[k]) + rng.normal(0, 0.2, 3)
                             for pad, k in zip(product.pads, ks)])
             observation = StripObservation(product, lab, base, 1.0, np.zeros(len(product.pads)))
-            positions = {pad.analyte: float(k + shift) for pad, k in zip(product.pads, ks)}
+            positions = {pad.analyte: float(k + (shift[pad.analyte] if isinstance(shift, dict) else shift))
+                         for pad, k in zip(product.pads, ks)}
             rows.append(dataset.SceneRow(i, product.id, light, "cam", "bands/cmyk", None, None, observation, None,
                                          positions, {}))
     return rows
@@ -269,17 +271,29 @@ def _scene_rows(product, shift_by_light: dict, per_light: int = 24) -> list:
 def test_margin_rule_keeps_nearest_colour_when_a_held_out_domain_is_hurt(acr_product):
     # under light c the dye reads as its colour; trained on a and b alone, the model confidently
     # moves every pad up a level, which is wrong under c at any margin the model can reach
-    margin, table = train.choose_margin(acr_product, _scene_rows(acr_product, {"a": 1, "b": 1, "c": 0}))
+    margins, table = train.choose_margins(acr_product, _scene_rows(acr_product, {"a": 1, "b": 1, "c": 0}))
     assert set(table) == {"light=a", "light=b", "light=c"}          # one camera/dye/ink: nothing to hold out
-    assert table["light=c"][NEAREST_ONLY] > 0.9 and table["light=c"][0.9] < table["light=c"][NEAREST_ONLY] - 0.5
-    assert margin == NEAREST_ONLY
+    under_c = table["light=c"]["ALB"]
+    assert under_c[NEAREST_ONLY] > 0.9 and under_c[0.9] < under_c[NEAREST_ONLY] - 0.5
+    assert margins == {"ALB": NEAREST_ONLY, "CRE": NEAREST_ONLY}
 
 
 def test_margin_rule_takes_the_smallest_margin_when_no_held_out_domain_is_hurt(acr_product):
-    margin, table = train.choose_margin(acr_product, _scene_rows(acr_product, {"a": 1, "b": 1, "c": 1}))
-    assert all(e[0.0] > e[NEAREST_ONLY] + 0.5 for e in table.values())   # the model beats the colour everywhere
-    assert margin == 0.0
-    assert "model margin 0.0: the smallest" in train.format_margin_table(margin, table)
+    margins, table = train.choose_margins(acr_product, _scene_rows(acr_product, {"a": 1, "b": 1, "c": 1}))
+    # the model beats the colour everywhere
+    assert all(e[a][0.0] > e[a][NEAREST_ONLY] + 0.5 for e in table.values() for a in ("ALB", "CRE"))
+    assert margins == {"ALB": 0.0, "CRE": 0.0}
+    assert "each analyte's margin is the smallest" in train.format_margin_table(margins, table)
+
+
+def test_margin_rule_is_per_analyte_each_dye_parting_from_the_inks_its_own_way(acr_product):
+    # creatinine's dye reads a level above its colour under every light; albumin's does so under a
+    # and b but reads as its colour under c: only albumin must keep to nearest colour
+    shifts = {"a": 1, "b": 1, "c": {"ALB": 0, "CRE": 1}}
+    margins, table = train.choose_margins(acr_product, _scene_rows(acr_product, shifts))
+    assert margins == {"ALB": NEAREST_ONLY, "CRE": 0.0}
+    printed = train.format_margin_table(margins, table)
+    assert any(line.startswith("ALB") and line.endswith(str(NEAREST_ONLY)) for line in printed.splitlines())
 
 
 def _delete(path: Path, out: Path, key: str) -> Path:
@@ -292,21 +306,28 @@ def _delete(path: Path, out: Path, key: str) -> Path:
 
 
 def test_the_files_margin_is_the_one_the_model_reads_with(tmp_path, product, tiny_set, tiny_models, tiny_file):
-    """Trained model -> file with its margin -> OnnxPadModel reads with that margin; a file from
-    before margins were chosen reads with the default; a margin out of range is refused."""
-    table = {"light=x": {"photos": 20, "pads": 200, **{m: 0.9 for m in train.MARGINS}}}
-    files = {m: train.export(tiny_models, tiny_set, tmp_path / f"{m}.onnx", m, table) for m in (0.8, NEAREST_ONLY)}
+    """Trained model -> file with its margins -> OnnxPadModel reads each pad with its analyte's
+    margin; a file from before margins were chosen reads with the default, one from before they
+    were chosen per analyte with its one margin for all; a margin out of range is refused."""
+    table = {"light=x": {"photos": 20, "GLU": {"pads": 200, **{m: 0.9 for m in train.MARGINS}}}}
+    every = lambda m: {pad.analyte: m for pad in product.pads}   # noqa: E731
+    files = {m: train.export(tiny_models, tiny_set, tmp_path / f"{m}.onnx", every(m), table) for m in (0.8, NEAREST_ONLY)}
     meta = {m.key: m.value for m in onnx.load(str(files[0.8])).metadata_props}
-    assert json.loads(meta["stripread.model_margin_table"])["light=x"]["0.8"] == 0.9
+    assert json.loads(meta["stripread.model_margin_table"])["light=x"]["GLU"]["0.8"] == 0.9
     glu = product.pad("GLU")
     below_top = len(glu.levels) - 2        # the forced classifier prefers the top level by 0.9 to this one
     levels = {}
     for margin, path in files.items():
         model = OnnxPadModel(product, path)
-        assert model.margin == margin
+        assert model.margins == every(margin)
         model.session = _ForcedSession(model.session, product)
         readings = model.read(_observation_at_levels(product, {"GLU": below_top}))
         levels[margin] = next(r.level for r in readings if r.analyte == "GLU")
     assert levels == {0.8: glu.levels[-1].code, NEAREST_ONLY: glu.levels[below_top].code}
-    assert OnnxPadModel(product, _delete(tiny_file, tmp_path / "old.onnx", "model_margin")).margin == DEFAULT_MARGIN
+    assert OnnxPadModel(product, _delete(tiny_file, tmp_path / "old.onnx", "model_margin")).margins == every(DEFAULT_MARGIN)
+    assert OnnxPadModel(product, _rewrite(tiny_file, tmp_path / "one.onnx", "model_margin", "0.8")).margins == every(0.8)
     assert "outside" in _refused(product, _rewrite(tiny_file, tmp_path / "far.onnx", "model_margin", "2")).detail
+    far = json.dumps({**every(0.8), "GLU": 2})
+    assert "of GLU outside" in _refused(product, _rewrite(tiny_file, tmp_path / "far2.onnx", "model_margin", far)).detail
+    lacking = json.dumps({a: m for a, m in every(0.8).items() if a != "GLU"})
+    assert "incomplete" in _refused(product, _rewrite(tiny_file, tmp_path / "lack.onnx", "model_margin", lacking)).detail

@@ -80,14 +80,14 @@ def cmd_train(args) -> int:
         print("stripread: nothing to train on: give --synthetic N and/or --data DIR", file=sys.stderr)
         return EXIT_USAGE
     data = dataset.merge(parts)
-    print("choosing the model's margin over nearest colour, one domain of the rendered scenes held out at a time",
+    print("choosing each analyte's margin over nearest colour, one domain of the rendered scenes held out at a time",
           file=sys.stderr)
-    margin, table = train.choose_margin(product, rows, args.seed)
-    print(train.format_margin_table(margin, table), file=sys.stderr)
+    margins, table = train.choose_margins(product, rows, args.seed)
+    print(train.format_margin_table(margins, table), file=sys.stderr)
     print(f"fitting models on {data.photos - data.refused} photos ({data.refused} refused)", file=sys.stderr)
-    out = train.export(train.train(data, args.seed), data, Path(args.out or f"{product.id}.onnx"), margin, table)
+    out = train.export(train.train(data, args.seed), data, Path(args.out or f"{product.id}.onnx"), margins, table)
     print(json.dumps({"model": str(out), "bytes": out.stat().st_size, "photos": data.photos,
-                      "refused": data.refused, "training_data_sha256": data.digest(), "model_margin": margin}))
+                      "refused": data.refused, "training_data_sha256": data.digest(), "model_margin": margins}))
     return EXIT_OK
 
 
