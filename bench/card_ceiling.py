@@ -16,6 +16,8 @@ each noiselessly once (`simulator.ceiling.observe`, no rendering) and reads it e
     lot        strip-lot calibration: the lot's dye colours per level measured under the reader's LEDs
                and camera, used as the references under the scene's light
     dye_chart  a bound, not a card: swatches of the lot's own dye beside the slot, matched in camera RGB
+    spectral   a spectral prior for dyes: the camera-and-light sensitivities estimated from the patches'
+               spectra, each chart level's dye the smoothest spectrum of its colour, predicted and matched
 
 Exact and within-one chart level per analyte, by dye/ink model, light family and camera. The local
 kernels were chosen on seeds 888000+ (200 generic-10 scenes), not on these. Figures go to

@@ -132,3 +132,28 @@ def test_chart_swatches_fit_between_the_slot_and_the_patch_rows(product):
     between = np.abs(points[:, None, :] - points[None, :, :]).max(axis=2) + np.eye(len(points)) * 1e9
     assert between.min() >= ceiling.CHART_SWATCH_MM
     assert np.all((points - half >= 0) & (points + half <= np.asarray(CARD.size_mm)))
+
+
+def test_the_spectral_prior_gives_each_chart_colour_a_smooth_spectrum_of_that_colour():
+    from calibration.colour import xyz_to_lab
+    d50 = (spectra.CMF * spectra.daylight(5003.0)[:, None]).T
+    for pad in PRODUCTS[0].pads:
+        for lab in pad.level_lab:
+            r = ceiling._smoothest_reflectance(lab)
+            assert np.all((r >= 0.005) & (r <= 1.0))
+            seen = xyz_to_lab((d50 @ r / d50[1].sum())[None])[0]
+            assert np.abs(seen - lab).max() < 1.0, (pad.analyte, lab, seen)
+
+
+def test_the_spectral_prior_recovers_smooth_sensitivities_from_the_patches():
+    """Patches seen through smooth channels: the estimate predicts the card's white-relative colours
+    of the patches and of spectra it did not see (smooth dyes) to a few per cent."""
+    w = spectra.WAVELENGTHS
+    true = np.stack([np.exp(-0.5 * ((w - m) / s) ** 2) for m, s in ((600, 40), (540, 40), (450, 30))])
+    patches = np.array([spectra.reflectance_from_lab_d50(p.lab_d50) for p in CARD.patches])
+    white = ceiling._background(CARD)
+    relative = lambda r: (r @ true.T) / (white @ true.T)   # noqa: E731
+    estimate = ceiling._sensitivities(relative(patches), patches, white)
+    unseen = np.array([ceiling._smoothest_reflectance(lab) for pad in PRODUCTS[0].pads for lab in pad.level_lab])
+    assert np.allclose(estimate @ white, 1.0)
+    assert np.abs(unseen @ estimate.T - relative(unseen)).max() < 0.05
