@@ -134,3 +134,30 @@ def test_a_white_clipped_by_the_isp_below_255_is_recognised_as_saturated():
     falloff = np.linspace(0.75, 0.86, n)[:, None] * np.ones(3)
     lit = sampling.RegionColours(falloff, np.zeros(n), np.zeros(n), rng.uniform(1, 3, n) / 255, np.zeros((n, 3)))
     assert not _saturated_plateau(lit)
+
+
+def test_evenly_lit_paper_whose_noise_jpeg_smoothed_away_is_not_called_saturated():
+    """Paper under perfectly even light (a diffuser, lens shading corrected) at 0.6 of clipping,
+    JPEG having smoothed its noise: as flat and quiet as a clipped white, but tinted by the light
+    (white balance is never exact), where an ISP clips to a grey."""
+    from calibration.observe import _saturated_plateau
+    n = 200
+    tinted = sampling.RegionColours(np.tile(np.array([202, 195, 187]) / 255, (n, 1)), np.zeros(n), np.zeros(n),
+                                    np.full(n, 0.67 / 255), np.zeros((n, 3)))
+    assert not _saturated_plateau(tinted)
+
+
+def test_an_evenly_lit_world_photo_well_below_clipping_is_read(card):
+    import dataclasses
+    from calibration.observe import StripObserver
+    from calibration.specs import load_product
+    from simulator import scene
+    from simulator.ceiling import white_clip_exposure
+    from simulator.world import random_world_scene
+    rng = np.random.default_rng(8011)    # one of the seeds that was refused "overexposed"
+    spec = random_world_scene(rng, product="generic-10", resolution=(1456, 1088))
+    even = dataclasses.replace(spec, light_gradient=(0.0, 0.0), light_falloff=(0.0, 70.0, 25.0), vignetting=0.0,
+                               second_illuminant=None)
+    even = dataclasses.replace(even, exposure=0.6 * white_clip_exposure(even))
+    observation = StripObserver(card, load_product("generic-10")).observe(scene.photograph(even, rng)[0])
+    assert observation.qc["white_saturated"] is False
