@@ -138,13 +138,17 @@ def test_a_white_clipped_by_the_isp_below_255_is_recognised_as_saturated():
 
 def test_evenly_lit_paper_whose_noise_jpeg_smoothed_away_is_not_called_saturated():
     """Paper under perfectly even light (a diffuser, lens shading corrected) at 0.6 of clipping,
-    JPEG having smoothed its noise: as flat and quiet as a clipped white, but tinted by the light
-    (white balance is never exact), where an ISP clips to a grey."""
+    JPEG having smoothed its noise: nearly as flat and quiet as a clipped white, but tinted by the
+    light where an ISP clips to a grey, or with a trace of noise where white balance was exact."""
     from calibration.observe import _saturated_plateau
     n = 200
     tinted = sampling.RegionColours(np.tile(np.array([202, 195, 187]) / 255, (n, 1)), np.zeros(n), np.zeros(n),
-                                    np.full(n, 0.67 / 255), np.zeros((n, 3)))
+                                    np.zeros(n), np.zeros((n, 3)))
     assert not _saturated_plateau(tinted)
+    # white-balanced to a grey, but clipped pixels are identical and paper keeps a trace of noise
+    neutral = sampling.RegionColours(np.tile(np.array([203, 202, 201]) / 255, (n, 1)), np.zeros(n), np.zeros(n),
+                                     np.full(n, 0.67 / 255), np.zeros((n, 3)))
+    assert not _saturated_plateau(neutral)
 
 
 def test_an_evenly_lit_world_photo_well_below_clipping_is_read(card):
