@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 GRID_MM = 3.5
 CLEARANCE_MM = 1.2
 SAMPLE_HALF_MM = 0.8
-MIN_UNCLIPPED = 0.3        # fraction of white samples below saturation needed to map the light
+MIN_UNCLIPPED = 0.5        # fraction of white samples below saturation needed to map the light in a channel
 GLARE_LOG = 0.07           # white brighter than the fitted light by more than ~7 %: part of a highlight
 HIGHLIGHT_LOG = 0.25       # 30 % above the fitted light in every channel: a shadow bending the fit never lifts it so far
 SHADOW_LOG = 0.10          # white darker than the fitted light by more than ~10 %: a shadow or mark

@@ -180,8 +180,11 @@ class StripObserver:
                 raise ReadError("glare", CARD_GLARE_MESSAGE) from None
             raise
         # against a white saturated in a channel every colour is a bound: such a fit is trusted only as
-        # far as a tighter limit (looser fits there went on to strips "not found" or "unlike the product")
+        # far as a tighter limit (looser fits there went on to strips "not found" or "unlike the
+        # product"), and a highlight over the patches explains it before the exposure does
         if light.mostly_saturated and correction.residual_de00 > SATURATED_MAX_RESIDUAL_DE00:
+            if np.any(light.lifted_near(self._patch_centers[usable], PATCH_GLARE_RADIUS_MM)):
+                raise ReadError("glare", CARD_GLARE_MESSAGE)
             raise ReadError("overexposed", OVEREXPOSED_MESSAGE)
         return light, correction
 

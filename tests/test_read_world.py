@@ -129,3 +129,12 @@ def test_a_loose_card_fit_against_a_saturated_white_is_called_overexposure():
     with pytest.raises(ReadError) as refused:
         _observe_acr(700155003, "overexposed", resolution=(2028, 1520))
     assert refused.value.code == "overexposed"
+
+
+def test_a_highlight_over_the_patches_is_named_before_the_exposure():
+    """A glare photo (world seed 700151005) whose white is also saturated in one channel over half
+    the card, the card then fitting loosely: the highlight lying over the patches is the cause."""
+    _, data, _ = world_photo(700151005, fault="glare", resolution=(2028, 1520))
+    with pytest.raises(ReadError) as refused:
+        StripObserver(load_card("card-v1"), load_product("generic-10")).observe(data)
+    assert refused.value.code == "glare"

@@ -165,3 +165,22 @@ def test_an_evenly_lit_world_photo_well_below_clipping_is_read(card):
     even = dataclasses.replace(even, exposure=0.6 * white_clip_exposure(even))
     observation = StripObserver(card, load_product("generic-10")).observe(scene.photograph(even, rng)[0])
     assert observation.qc["white_saturated"] is False
+
+
+def test_a_channel_clipped_over_most_of_the_white_borrows_the_others_shape(card):
+    """A daylight preset under a warm lamp lifts red until it clips over 60 % of the card's white
+    (the bright end of a gradient): fitted on its own remaining 40 %, red's surface would be
+    extrapolated over the rest of the card; the light falls off alike in every channel, so red
+    takes the others' shape, levelled on its unclipped samples."""
+    points = illumination.white_points(card)
+    x, y = points[:, 0] / card.size_mm[0], points[:, 1] / card.size_mm[1]
+    shape = np.exp(0.5 * (x - 0.5) + 0.15 * np.sin(3 * y))    # a smooth light outside the surface's terms
+    light = shape[:, None] * np.array([1.0, 0.55, 0.45])
+    light *= 1.0 / np.quantile(light[:, 0], 0.4)               # red reaches the clip level over 60 %
+    noise = np.random.default_rng(3).normal(0.0, 0.004, light.shape)
+    encoded = linear_to_srgb(np.clip(light * (1 + noise), 0, 1))
+    clipped = (encoded >= sampling.CLIPPED).astype(float)
+    assert 0.5 < clipped[:, 0].mean() < 0.7 and not clipped[:, 1:].any()
+    field = illumination.fit_illumination(card, encoded, clipped)
+    ratio = field.white_at(points)[:, 0] / light[:, 0]
+    assert ratio.max() / ratio.min() < 1.06        # red's light follows the card's, at one level
