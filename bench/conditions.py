@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from report import write_results
 
 
 def _even(spec):
@@ -104,9 +101,7 @@ def main(argv=None) -> int:
     for name, condition in CONDITIONS.items():
         r = report[name] = measure(condition, args.scenes, args.seed, reader)
         print(f"{name:38} {r['onnx']:6.3f} {r['nearest']:7.3f}  {r['photos']}", flush=True)
-    out = RESULTS / "conditions.json"
-    out.write_text(json.dumps({"args": vars(args), "seconds": round(time.time() - start, 1), **report}, indent=1))
-    print(f"written {out} in {time.time() - start:.0f} s")
+    write_results("conditions", args, start, report)
     return 0
 
 

@@ -25,16 +25,14 @@ bench/results/generalization-cache.pkl (neither committed): a second run only re
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
+from report import RESULTS, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PRODUCTS = {"generic-10": 0.75, "acr-2": 0.25}   # share of the scenes
 TEST_SEED = 7001                                 # training uses the `stripread train` seeds (1, 2)
 TRAIN_SEEDS = {"generic-10": 1, "acr-2": 2}
@@ -214,9 +212,7 @@ def main(argv=None) -> int:
         lodo = _lodo(product, product_rows, shipped.margins)
         _print(product, summary, lodo)
         report[product] = {"summary": summary, "leave_one_domain_out": lodo}
-    out = RESULTS / "generalization.json"
-    out.write_text(json.dumps({"args": vars(args), "seconds": round(time.time() - start, 1), **report}, indent=1))
-    print(f"\nwritten {out} in {time.time() - start:.0f} s")
+    write_results("generalization", args, start, report)
     return 0
 
 

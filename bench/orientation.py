@@ -16,13 +16,12 @@ Figures go to bench/results/orientation.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from report import RESULTS, write_results
+
 SEEDS = {None: 920_000_000, "reversed": 930_000_000}   # apart from generalization.py's 7001xxxxx
 
 
@@ -53,9 +52,7 @@ def main(argv=None) -> int:
         r = report[product] = measure(product, args.strips, args.jobs)
         print(f"{product}: good strips refused as turned {r['good_refused_as_turned']:.3f}, turned strips read "
               f"{r['turned_read']:.3f} ({args.strips} each)\n  good: {r['good']}\n  turned: {r['turned']}")
-    out = RESULTS / "orientation.json"
-    out.write_text(json.dumps({"args": vars(args), "seconds": round(time.time() - start, 1), **report}, indent=1))
-    print(f"written {out} in {time.time() - start:.0f} s")
+    write_results("orientation", args, start, report)
     return 0
 
 
