@@ -31,6 +31,12 @@ REFERENCE_TOLERANCE = 1e-4   # float32 inference against scikit-learn's float64
 _FAIL = "The reader's analysis model is missing or damaged, so no result can be given: contact support."
 
 
+def uniform_margins(product: Product, margin: float = DEFAULT_MARGIN) -> dict[str, float]:
+    """The same margin for every analyte of the product (a file trained before margins were chosen
+    per analyte, or training with no domain to choose them on)."""
+    return {pad.analyte: float(margin) for pad in product.pads}
+
+
 def default_model_path(product: Product) -> Path:
     return Path(str(resources.files("models") / "data" / f"{product.id}.onnx"))
 
@@ -100,7 +106,7 @@ class OnnxPadModel:
         margins were chosen per analyte)."""
         if isinstance(stored, dict):
             return {pad.analyte: float(stored[pad.analyte]) for pad in self.product.pads}
-        return {pad.analyte: float(stored) for pad in self.product.pads}
+        return uniform_margins(self.product, stored)
 
     def _self_test(self, reference: dict) -> None:
         """Run the fixed inputs stored at export and compare with scikit-learn's outputs for them: a

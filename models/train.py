@@ -39,7 +39,8 @@ from calibration.observe import StripObservation
 from calibration.specs import Product
 from models.dataset import DOMAINS, SceneRow, TrainingSet, from_rows, true_level
 from models.features import feature_names, strip_features
-from models.onnx_model import DEFAULT_MARGIN, DIFFICULTY_OFFSET, META, MODEL_VERSION, NEAREST_ONLY, level_readings
+from models.onnx_model import (DEFAULT_MARGIN, DIFFICULTY_OFFSET, META, MODEL_VERSION, NEAREST_ONLY, level_readings,
+                               uniform_margins)
 from models.pads import chart_positions
 
 REFERENCE_ROWS = 12          # training rows per analyte whose scikit-learn outputs the file carries
@@ -100,7 +101,7 @@ class SklearnPads:
     def __init__(self, product: Product, rows: Iterable[SceneRow], margins: dict | None = None, seed: int = 0):
         data = from_rows(product, rows)
         self.product = product
-        self.margins = margins or {pad.analyte: DEFAULT_MARGIN for pad in product.pads}
+        self.margins = margins or uniform_margins(product)
         self.models = {pad.analyte: fit_analyte(*data.arrays(pad.analyte), False, seed) for pad in product.pads}
         self.classes = {a: m.classes for a, m in self.models.items()}
 
@@ -137,15 +138,15 @@ def choose_margins(product: Product, rows: Iterable[SceneRow], seed: int = 0) ->
             model = SklearnPads(product, [r for r in rows if of(r) != held], seed=seed)
             table[f"{kind}={held}"] = {"photos": len(inside), **_exact_by_margin(model, inside)}
     if not table:
-        return {pad.analyte: DEFAULT_MARGIN for pad in product.pads}, table
-    return {pad.analyte: next(m for m in MARGINS if all(_behind(e[pad.analyte], m) <= MARGIN_TOLERANCE
+        return uniform_margins(product), table
+    return {pad.analyte: next(m for m in MARGINS if all(_lead(e[pad.analyte], m) >= -MARGIN_TOLERANCE
                                                         for e in table.values() if pad.analyte in e))
             for pad in product.pads}, table
 
 
-def _behind(entry: dict, margin: float) -> float:
-    """How far the model at `margin` reads below nearest colour (rounded: equal is not behind)."""
-    return round(entry[NEAREST_ONLY] - entry[margin], 9)
+def _lead(entry: dict, margin: float) -> float:
+    """How far the model at `margin` reads above nearest colour (rounded, so equal is exactly 0)."""
+    return round(entry[margin] - entry[NEAREST_ONLY], 9)
 
 
 def _exact_by_margin(model: SklearnPads, rows: list[SceneRow]) -> dict:
@@ -157,7 +158,7 @@ def _exact_by_margin(model: SklearnPads, rows: list[SceneRow]) -> dict:
               for pad in model.product.pads if r.positions.get(pad.analyte) is not None} for r in observed]
     marks = {pad.analyte: {m: [] for m in MARGINS} for pad in model.product.pads}
     for margin in MARGINS:
-        every = {pad.analyte: margin for pad in model.product.pads}
+        every = uniform_margins(model.product, margin)
         for c, p, t in zip(charts, probabilities, truth):
             for reading in level_readings(model.product, c, p, model.classes, every):
                 if reading.analyte in t and reading.level is not None:
@@ -175,7 +176,7 @@ def format_margin_table(margins: dict, table: dict) -> str:
         entries = [e[analyte] for e in table.values() if analyte in e]
         if entries:
             lines.append(f"{analyte:8} {sum(e['pads'] for e in entries):6d} "
-                         + " ".join(f"{0.0 - max(_behind(e, m) for e in entries) + 0.0:+6.3f}" for m in MARGINS[:-1])
+                         + " ".join(f"{min(_lead(e, m) for e in entries):+6.3f}" for m in MARGINS[:-1])
                          + f"   {margin}")
     lines.append(f"{len(table)} held-out domains; " + (
         f"each analyte's margin is the smallest at which no held-out domain reads it worse than nearest "
@@ -236,7 +237,7 @@ def export(models: dict[str, AnalyteModel], data: TrainingSet, path: Path, margi
         "classes": json.dumps({a: m.classes for a, m in models.items()}),
         "interval_scale": json.dumps({a: m.interval_scale for a, m in models.items()}),
         "interval_coverage": str(INTERVAL_COVERAGE),
-        "model_margin": json.dumps(margins or {pad.analyte: DEFAULT_MARGIN for pad in product.pads}),
+        "model_margin": json.dumps(margins or uniform_margins(product)),
         "model_margin_table": json.dumps({held: {a: v if a == "photos" else {str(k): x for k, x in v.items()}
                                                  for a, v in e.items()}
                                           for held, e in (margin_table or {}).items()}),
