@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -324,6 +325,12 @@ def read_lot(obs: Observation) -> dict[str, int] | None:
     return _nearest(obs.pads, correction.to_lab(obs.pad_rel), references)
 
 
+@lru_cache(maxsize=None)
+def _dye_prior(pad: Pad) -> np.ndarray:
+    """Each chart level's smoothest reflectance (levels, wavelengths): the same for every scene."""
+    return np.array([_smoothest_reflectance(lab) for lab in pad.level_lab])
+
+
 def _smoothest_reflectance(lab_d50: np.ndarray) -> np.ndarray:
     """The reflectance with the least curvature (second differences, a little pull to 0.5) whose D50
     colour is `lab_d50`: a prior for a dye of that colour that is not the simulator's own generator."""
@@ -365,8 +372,7 @@ def read_spectral(obs: Observation) -> dict[str, int] | None:
     def to_lab(linear: np.ndarray) -> np.ndarray:
         return xyz_to_lab(np.clip(TERMS[correction.terms](np.clip(linear, 1e-4, None)) @ correction.matrix, 0, None))
 
-    predicted = [to_lab(np.array([_smoothest_reflectance(lab) for lab in p.level_lab]) @ sensitivities.T)
-                 for p in obs.pads]
+    predicted = [to_lab(_dye_prior(p) @ sensitivities.T) for p in obs.pads]
     return _nearest(obs.pads, to_lab(correction.linearise(obs.pad_rel)), predicted)
 
 
