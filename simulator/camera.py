@@ -64,7 +64,8 @@ class SimulatedCamera:
             spec = dataclasses.replace(self.spec, levels={
                 p.analyte: level_position(p, self.spec.levels.get(p.analyte, 0.0), elapsed)
                 for p in self.product.pads})
-        data, _ = photograph(spec, self._rng)
+        with self.clock.held():        # rendering is the simulator's work, not the camera's delay
+            data, _ = photograph(spec, self._rng)
         return data
 
     def stop(self) -> None:

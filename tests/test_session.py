@@ -1,5 +1,6 @@
 """The reading session's state machine, driven by a fake clock, a scripted board and the simulated
 camera whose pads develop over time."""
+import contextlib
 import queue
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ class FakeClock:
 
     def sleep(self, seconds):
         self.t += max(seconds, 0.0)
+
+    def held(self):
+        return contextlib.nullcontext()
 
 
 class ScriptedEvents:
@@ -329,3 +333,15 @@ def test_the_service_runs_sessions_syncs_them_logs_json_without_patient_data_and
     assert sent == {f"urn:uuid:{r.result_id}" for r in records if r.result["status"] == "ok"}
     assert lab.resources("DiagnosticReport")[0]["subject"]["identifier"]["value"] == "HOME-1"
     lab.stop()
+
+
+def test_the_clock_stands_still_while_the_simulator_renders():
+    """At 20 times speed, a second of rendering must not age the strip by 20 s."""
+    import time
+    from device.runtime.session import Clock
+    clock = Clock(speed=20.0)
+    with clock.held():
+        inside = clock.now()
+        time.sleep(0.05)
+        assert clock.now() == inside
+    assert inside <= clock.now() < inside + 20 * 0.04    # on from where it stopped, not 1 s later
